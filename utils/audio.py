@@ -1,0 +1,62 @@
+"""Audio loading: any file soundfile reads, mixed to mono float32, resampled with soxr."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+TARGET_SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the file and the reason."""
+
+
+def audio_info(path: str | Path) -> tuple[int, int, float]:
+    """(sample_rate, channels, duration_s) from the header alone; AudioError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise AudioError(f"{path}: not readable audio ({err})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(f"{path}: zero duration")
+    return info.samplerate, info.channels, info.frames / info.samplerate
+
+
+def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+    """samples [N] float32 in [-1, 1], mono, at `sample_rate`."""
+    try:
+        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        if not Path(path).is_file():
+            raise AudioError(f"{path}: file not found") from None
+        raise AudioError(f"{path}: not readable audio ({err})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{path}: zero duration")
+    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]  # [N]
+    if file_rate != sample_rate:
+        samples = resample(samples, file_rate, sample_rate)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """samples [N] -> [N * to_rate / from_rate] with soxr's high-quality resampler."""
+    if from_rate == to_rate:
+        return samples
+    return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32)
+
+
+def save_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> None:
+    """16-bit PCM wav, written to a temporary name first so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
+    tmp.replace(path)

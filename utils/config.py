@@ -1,0 +1,304 @@
+"""One typed configuration per experiment: dataclass defaults <- YAML file <- command line.
+
+Every key can be overridden from the command line, either dotted (`--train.batch_size=16`)
+or by its bare name when that name is unique across sections (`--batch_size=16`, the
+MASR habit). An unknown key or a value of the wrong type is an error that names the key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+def _key(default, help_text: str):
+    """A config field with a help text (shown by --help and as a comment in --print_config)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = _key("dataset/manifest.train", "training manifest (JSON lines)")
+    test_manifest: str = _key("dataset/manifest.test", "test manifest, evaluated after every epoch")
+    dataset_vocab: str = _key("dataset/vocabulary.txt", "vocabulary file written by create_data.py")
+    mean_std_path: str = _key("dataset/mean_std.npz", "feature mean/std written by create_data.py")
+    noise_manifest: str = _key("dataset/manifest.noise", "noise clips for the noise augmentor")
+    augment_conf_path: Optional[str] = _key("conf/augmentation.json", "augmentation list; None disables it")
+    data_dir: Optional[str] = _key(None, "relative audio paths resolve against this folder (else the working dir)")
+    min_duration: float = _key(0.5, "shortest utterance kept, seconds")
+    max_duration: float = _key(20.0, "longest utterance kept, seconds")
+    num_workers: int = _key(2, "worker processes for features (create_data and the training loader)")
+
+
+@dataclass
+class FeatureConfig:
+    feature_method: str = _key("linear", "linear (161-dim spectrogram, DeepSpeech2) or fbank (n_mels log-mel)")
+    sample_rate: int = _key(16000, "audio is resampled to this rate")
+    n_mels: int = _key(80, "mel bands for fbank")
+
+
+@dataclass
+class ModelConfig:
+    conv_channels: list = _key([32, 32], "output channels of each 2-D convolution")
+    conv_kernels: list = _key([[41, 11], [21, 11]], "kernel [freq, time] of each convolution")
+    conv_strides: list = _key([[2, 2], [2, 1]], "stride [freq, time] of each convolution")
+    rnn_type: str = _key("gru", "gru or lstm")
+    num_rnn_layers: int = _key(3, "recurrent layers")
+    rnn_size: int = _key(1024, "hidden units per direction")
+    bidirectional: bool = _key(False, "bidirectional RNN (offline) or forward only (streaming)")
+
+
+@dataclass
+class TrainConfig:
+    use_model: str = _key("deepspeech2", "name of the model folder under save_model_path")
+    save_model_path: str = _key("models", "checkpoints go to <save_model_path>/<use_model>/")
+    log_dir: str = _key("log", "VisualDL log folder")
+    batch_size: int = _key(16, "utterances per batch per device")
+    num_epoch: int = _key(30, "epochs")
+    max_steps: int = _key(0, "stop after this many optimizer steps (0: run num_epoch epochs)")
+    num_iters_per_epoch: int = _key(0, "batches per epoch (0: the whole manifest)")
+    learning_rate: float = _key(5e-4, "peak learning rate")
+    optimizer: str = _key("adamw", "adam or adamw")
+    weight_decay: float = _key(1e-6, "weight decay")
+    scheduler: str = _key("warmup_exponential", "warmup_exponential, warmup_halflife or constant")
+    warmup_steps: int = _key(500, "linear warm-up steps")
+    hold_steps: int = _key(0, "steps at peak learning rate after warm-up")
+    decay_rate: float = _key(0.9999, "per-step multiplier after hold (warmup_exponential)")
+    halflife_steps: int = _key(10000, "steps for the learning rate to halve (warmup_halflife)")
+    min_learning_rate: float = _key(1e-6, "learning rate never decays below this")
+    grad_clip: float = _key(5.0, "global gradient-norm clip (0: off)")
+    accum_grad: int = _key(1, "batches accumulated per optimizer step")
+    use_amp: bool = _key(False, "float16 mixed precision (GPU only)")
+    scale_lr_by_world_size: bool = _key(False, "multiply learning_rate by the number of processes")
+    log_interval: int = _key(20, "batches between log lines")
+    save_step: int = _key(0, "also save epoch_N every this many batches (0: once per epoch)")
+    keep_last: int = _key(3, "epoch_N folders kept")
+    metrics_type: str = _key("cer", "cer or wer, picks best_model")
+    eval_decoder: str = _key("ctc_greedy", "decoder for the per-epoch test evaluation")
+    max_nan_in_row: int = _key(10, "stop after this many consecutive non-finite losses")
+    seed: int = _key(1000, "random seed (weights, shuffling, augmentation)")
+    deterministic: bool = _key(False, "deterministic kernels and single-thread loading, for reproducible runs")
+    resume_model: Optional[str] = _key(None, "resume from this model folder (default: last_model if present)")
+    pretrained_model: Optional[str] = _key(None, "fine-tune: load matching weights from this model folder")
+
+
+@dataclass
+class DecodeConfig:
+    decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search")
+    lang_model_path: str = _key("lm/demo_en.arpa", "KenLM model (ARPA or binary) for beam search")
+    alpha: float = _key(1.0, "language model weight")
+    beta: float = _key(2.0, "word insertion bonus")
+    beam_size: int = _key(100, "beam width")
+    cutoff_prob: float = _key(1.0, "keep the most probable tokens up to this cumulative probability")
+    cutoff_top_n: int = _key(40, "keep at most this many tokens per frame")
+    num_proc_bsearch: int = _key(2, "processes for batched beam search")
+
+
+@dataclass
+class PrepConfig:
+    annotation_path: str = _key("dataset/annotation", "folder of MASR lists (*.txt), or a file; .json/.jsonl manifests and .csv also read")
+    manifest_prefix: str = _key("dataset/manifest", "writes <prefix>.train, <prefix>.test, <prefix>.noise")
+    noise_dir: str = _key("dataset/audio/noise", "audio here becomes the noise manifest")
+    count_threshold: int = _key(0, "tokens seen fewer times are left out of the vocabulary")
+    num_samples: int = _key(5000, "utterances sampled for mean/std (-1: all)")
+    test_every: int = _key(500, "without test.txt, every Nth line goes to the test set")
+    max_test: int = _key(5000, "most test utterances taken that way")
+    to_simplified: bool = _key(False, "convert traditional Chinese to simplified (needs OpenCC)")
+    resampled_dir: str = _key("dataset/audio/resampled", "audio at another rate is converted into here")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _key(16, "utterances per forward pass")
+    result_path: Optional[str] = _key(None, "per-utterance results file (default: next to the model)")
+
+
+@dataclass
+class InferConfig:
+    wav_path: str = _key("dataset/test.wav", "a wav file, a folder of audio, or a list file")
+    model_path: Optional[str] = _key(None, "model folder or exported model (default: models/<use_model>/best_model)")
+    is_long_audio: bool = _key(False, "split at silences and decode piece by piece")
+    timestamps: bool = _key(False, "print word (English) or character (Chinese) times")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file or on the command line."""
+
+
+def _sections(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _short_names() -> dict[str, str]:
+    """Bare key -> dotted key, for names that occur in exactly one section."""
+    seen: dict[str, list[str]] = {}
+    for name, section in _sections(Config()).items():
+        for f in dataclasses.fields(section):
+            seen.setdefault(f.name, []).append(f"{name}.{f.name}")
+    return {k: v[0] for k, v in seen.items() if len(v) == 1}
+
+
+def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's annotation; ints are accepted for floats."""
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None or value == "None":
+            return None
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{dotted}' expects {hint.__name__}, got {value!r} "
+                          f"({type(value).__name__}); fix the value in the YAML or on the command line")
+    return value
+
+
+def set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    """Set `section.key` (or a unique bare key) on cfg, checking name and type."""
+    if "." not in dotted:
+        full = _short_names().get(dotted)
+        if full is None:
+            raise ConfigError(f"{source}: unknown config key '{dotted}'; run with --help for the list of keys")
+        dotted = full
+    section_name, _, key = dotted.partition(".")
+    section = _sections(cfg).get(section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    if key not in fields:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'; run with --help for the list of keys")
+    setattr(section, key, _coerce(dotted, value, fields[key].type))
+
+
+def load_yaml(cfg: Config, path: str) -> None:
+    """Apply a YAML file of sections to cfg (nested `section: {key: value}` mappings)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML with --configs") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections at the top")
+    for section_name, values in loaded.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: section '{section_name}' must be a mapping of keys")
+        for key, value in values.items():
+            set_key(cfg, f"{section_name}.{key}", value, f"config file {path}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, source: str = "saved config") -> Config:
+    cfg = Config()
+    for section_name, values in data.items():
+        for key, value in values.items():
+            set_key(cfg, f"{section_name}.{key}", value, source)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The effective config as YAML, each key with its help text as a comment."""
+    lines = []
+    for section_name, section in _sections(cfg).items():
+        lines.append(f"{section_name}:")
+        for f in dataclasses.fields(section):
+            value = yaml.safe_dump(getattr(section, f.name), default_flow_style=True, allow_unicode=True)
+            value = value.strip().removesuffix("...").strip()
+            lines.append(f"  {f.name}: {value}  # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg), encoding="utf-8")
+
+
+def _help_epilog() -> str:
+    rows = []
+    for section_name, section in _sections(Config()).items():
+        for f in dataclasses.fields(section):
+            rows.append(f"  --{section_name}.{f.name}={getattr(section, f.name)!r}  {f.metadata['help']}")
+    return "config keys (bare names work when unique, e.g. --batch_size=16):\n" + "\n".join(rows)
+
+
+def parse_args(description: str, default_config: str | None, argv: list[str] | None = None,
+               defaults: dict[str, Any] | None = None, aliases: dict[str, str] | None = None) -> Config:
+    """Build the effective config: defaults, `defaults` (per script), --configs YAML, then CLI keys.
+
+    `aliases` maps a script's command-line name to a dotted key (eval.py's --resume_model).
+    """
+    parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=default_config, help="YAML config file")
+    parser.add_argument("--print_config", action="store_true", help="print the effective config and exit")
+    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = Config()
+    for dotted, value in (defaults or {}).items():
+        set_key(cfg, dotted, value, "script default")
+    if known.configs:
+        load_yaml(cfg, known.configs)
+    for dotted, value in _cli_pairs(rest):
+        set_key(cfg, (aliases or {}).get(dotted, dotted), value, "command line")
+    if known.print_config:
+        print(to_yaml(cfg), end="")
+        sys.exit(0)
+    return cfg
+
+
+def _cli_pairs(args: list[str]) -> list[tuple[str, Any]]:
+    """['--a=1', '--b', 'x', '--flag'] -> [('a', 1), ('b', 'x'), ('flag', True)]; values parsed as YAML."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: unexpected argument '{arg}'; keys are written --key=value")
+        name, eq, raw = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                raw, i = args[i + 1], i + 1
+            else:
+                raw = "true"
+        pairs.append((name, _parse_value(raw)))
+        i += 1
+    return pairs
+
+
+def _parse_value(raw: str) -> Any:
+    if raw in ("None", "none", "null"):
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def print_config(cfg: Config, script: str) -> None:
+    print(f"----------- {script}: effective configuration -----------")
+    print(to_yaml(cfg), end="")
+    print("-" * 60, flush=True)

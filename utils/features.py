@@ -1,0 +1,122 @@
+"""Acoustic features as pure numpy functions (no Paddle, so loader workers never touch OpenMP).
+
+linear: log power spectrogram, 20 ms Hann window, 10 ms stride, 320-point FFT -> 161 bins
+        (the DeepSpeech2 feature).
+fbank:  log mel filterbank, 25 ms window, 10 ms stride, 512-point FFT -> n_mels bands.
+Frames: num_frames = 1 + (num_samples - window) // stride (0 when shorter than a window).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+STRIDE_MS = 10
+LINEAR_WINDOW_MS = 20
+FBANK_WINDOW_MS = 25
+FBANK_FFT_SIZE = 512
+LOG_FLOOR = 1e-10
+FEATURE_METHODS = ("linear", "fbank")
+
+
+def window_and_stride(feature_method: str, sample_rate: int) -> tuple[int, int]:
+    window_ms = LINEAR_WINDOW_MS if feature_method == "linear" else FBANK_WINDOW_MS
+    return sample_rate * window_ms // 1000, sample_rate * STRIDE_MS // 1000
+
+
+def feature_dim(feature_method: str, sample_rate: int = 16000, n_mels: int = 80) -> int:
+    _check_method(feature_method)
+    if feature_method == "linear":
+        return window_and_stride("linear", sample_rate)[0] // 2 + 1
+    return n_mels
+
+
+def num_frames(num_samples: int, feature_method: str, sample_rate: int = 16000) -> int:
+    window, stride = window_and_stride(feature_method, sample_rate)
+    return 0 if num_samples < window else 1 + (num_samples - window) // stride
+
+
+def _check_method(feature_method: str) -> None:
+    if feature_method not in FEATURE_METHODS:
+        raise ValueError(f"unknown feature_method '{feature_method}'; use one of {FEATURE_METHODS}")
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(window: int) -> np.ndarray:
+    return np.hanning(window + 2)[1:-1].astype(np.float32)  # no zero end points
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_matrix(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa  # only fbank needs it; importing librosa costs ~0.5 s
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float32)  # [M, F]
+
+
+def power_spectrum(samples: np.ndarray, window: int, stride: int, n_fft: int) -> np.ndarray:
+    """samples [N] -> power [T, n_fft // 2 + 1], T = 1 + (N - window) // stride."""
+    count = 0 if len(samples) < window else 1 + (len(samples) - window) // stride
+    if count == 0:
+        return np.zeros((0, n_fft // 2 + 1), dtype=np.float32)
+    frames = np.lib.stride_tricks.as_strided(
+        samples, shape=(count, window), strides=(samples.strides[0] * stride, samples.strides[0]),
+        writeable=False)  # [T, window]
+    spectrum = np.fft.rfft(frames * _hann(window), n=n_fft, axis=1)  # [T, F] complex
+    return (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+
+
+def compute_features(samples: np.ndarray, feature_method: str = "linear",
+                     sample_rate: int = 16000, n_mels: int = 80) -> np.ndarray:
+    """samples [N] float32 -> feats [T, D] float32 (log scale, not normalized)."""
+    _check_method(feature_method)
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    window, stride = window_and_stride(feature_method, sample_rate)
+    if feature_method == "linear":
+        power = power_spectrum(samples, window, stride, n_fft=window)  # [T, 161]
+        return np.log(power + LOG_FLOOR)
+    power = power_spectrum(samples, window, stride, n_fft=FBANK_FFT_SIZE)  # [T, 257]
+    mel = power @ _mel_matrix(sample_rate, FBANK_FFT_SIZE, n_mels).T  # [T, n_mels]
+    return np.log(mel + LOG_FLOOR)
+
+
+class FeatureStats:
+    """Running sum and sum of squares per feature dimension, mergeable across workers."""
+
+    def __init__(self, dim: int):
+        self.total = np.zeros(dim, dtype=np.float64)
+        self.total_sq = np.zeros(dim, dtype=np.float64)
+        self.frames = 0
+
+    def add(self, feats: np.ndarray) -> None:
+        self.total += feats.sum(axis=0, dtype=np.float64)
+        self.total_sq += np.square(feats, dtype=np.float64).sum(axis=0)
+        self.frames += feats.shape[0]
+
+    def merge(self, other: "FeatureStats") -> None:
+        self.total += other.total
+        self.total_sq += other.total_sq
+        self.frames += other.frames
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.frames == 0:
+            raise ValueError("no feature frames to compute mean/std from")
+        mean = self.total / self.frames
+        var = np.maximum(self.total_sq / self.frames - mean ** 2, 1e-20)
+        return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def save_mean_std(path, mean: np.ndarray, std: np.ndarray, feature_method: str,
+                  sample_rate: int, n_mels: int) -> None:
+    np.savez(path, mean=mean, std=std, feature_method=feature_method,
+             sample_rate=sample_rate, n_mels=n_mels)
+
+
+def load_mean_std(path) -> dict:
+    """{'mean': [D], 'std': [D], 'feature_method': str, 'sample_rate': int, 'n_mels': int}."""
+    try:
+        with np.load(path) as data:
+            return {"mean": data["mean"].astype(np.float32), "std": data["std"].astype(np.float32),
+                    "feature_method": str(data["feature_method"]),
+                    "sample_rate": int(data["sample_rate"]), "n_mels": int(data["n_mels"])}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"normalizer {path} does not exist; run python create_data.py first") from None
