@@ -1,0 +1,182 @@
+"""Data augmentation: small functions on audio samples [N] or features [T, D].
+
+`conf/augmentation.json` is a list of {"type", "params", "prob"}; each entry runs with
+probability `prob`, in file order, audio-domain entries before feature-domain ones.
+Every function takes a numpy Generator so a seeded run augments identically.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from utils.audio import AudioError, load_audio, resample
+
+
+def speed_perturb(samples: np.ndarray, rng: np.random.Generator, min_rate: float = 0.9,
+                  max_rate: float = 1.1) -> np.ndarray:
+    """Play faster or slower (pitch moves with it, as Kaldi's speed perturbation): [N] -> [N / rate]."""
+    rate = rng.uniform(min_rate, max_rate)
+    new_len = max(1, int(round(len(samples) / rate)))
+    positions = np.linspace(0, len(samples) - 1, new_len)
+    return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
+
+
+def volume_perturb(samples: np.ndarray, rng: np.random.Generator, min_gain_db: float = -10.0,
+                   max_gain_db: float = 6.0) -> np.ndarray:
+    gain = 10.0 ** (rng.uniform(min_gain_db, max_gain_db) / 20.0)
+    return np.clip(samples * gain, -1.0, 1.0).astype(np.float32)
+
+
+def time_shift(samples: np.ndarray, rng: np.random.Generator, max_shift_ms: float = 50.0,
+               sample_rate: int = 16000) -> np.ndarray:
+    """Shift by up to max_shift_ms either way, filling with silence; length unchanged."""
+    shift = int(rng.uniform(-max_shift_ms, max_shift_ms) * sample_rate / 1000)
+    if shift == 0 or abs(shift) >= len(samples):
+        return samples
+    out = np.zeros_like(samples)
+    if shift > 0:
+        out[shift:] = samples[:-shift]
+    else:
+        out[:shift] = samples[-shift:]
+    return out
+
+
+def add_noise(samples: np.ndarray, rng: np.random.Generator, noise_clips: list[np.ndarray],
+              min_snr_db: float = 10.0, max_snr_db: float = 30.0) -> np.ndarray:
+    """Mix a random stretch of a random noise clip at a random SNR (dB)."""
+    if not noise_clips:
+        return samples
+    noise = noise_clips[rng.integers(len(noise_clips))]
+    if len(noise) < len(samples):
+        noise = np.tile(noise, len(samples) // len(noise) + 1)
+    start = rng.integers(0, len(noise) - len(samples) + 1)
+    noise = noise[start:start + len(samples)]
+    signal_power = float(np.mean(samples ** 2)) + 1e-10
+    noise_power = float(np.mean(noise ** 2)) + 1e-10
+    snr_db = rng.uniform(min_snr_db, max_snr_db)
+    scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return np.clip(samples + scale * noise, -1.0, 1.0).astype(np.float32)
+
+
+def resample_perturb(samples: np.ndarray, rng: np.random.Generator, rates: tuple = (8000,),
+                     sample_rate: int = 16000) -> np.ndarray:
+    """Down to a random lower rate and back: the band limit of telephone or old recordings."""
+    low = int(rates[rng.integers(len(rates))])
+    restored = resample(resample(samples, sample_rate, low), low, sample_rate)
+    return restored[:len(samples)] if len(restored) >= len(samples) else np.pad(
+        restored, (0, len(samples) - len(restored)))
+
+
+def spec_augment(feats: np.ndarray, rng: np.random.Generator, freq_masks: int = 2, max_freq_width: int = 10,
+                 time_masks: int = 2, max_time_ratio: float = 0.05, max_time_warp: int = 0) -> np.ndarray:
+    """SpecAugment on log features [T, D]: frequency and time masks set to the mean, optional warp."""
+    feats = feats.copy()
+    steps, dim = feats.shape
+    if max_time_warp > 0 and steps > 2 * max_time_warp + 2:
+        feats = _time_warp(feats, rng, max_time_warp)
+    fill = feats.mean()
+    for _ in range(freq_masks):
+        width = rng.integers(0, max_freq_width + 1)
+        start = rng.integers(0, max(1, dim - width))
+        feats[:, start:start + width] = fill
+    max_width = int(steps * max_time_ratio)
+    for _ in range(time_masks):
+        width = rng.integers(0, max_width + 1)
+        start = rng.integers(0, max(1, steps - width))
+        feats[start:start + width, :] = fill
+    return feats
+
+
+def _time_warp(feats: np.ndarray, rng: np.random.Generator, max_warp: int) -> np.ndarray:
+    """Move a random centre frame by up to max_warp frames, stretching both sides linearly."""
+    steps = feats.shape[0]
+    centre = rng.integers(max_warp + 1, steps - max_warp - 1)
+    target = centre + rng.integers(-max_warp, max_warp + 1)
+    source = np.concatenate([np.linspace(0, centre, target, endpoint=False),
+                             np.linspace(centre, steps - 1, steps - target)])
+    left = np.floor(source).astype(int)
+    right = np.minimum(left + 1, steps - 1)
+    frac = (source - left)[:, None].astype(np.float32)
+    return (feats[left] * (1 - frac) + feats[right] * frac).astype(np.float32)
+
+
+def spec_sub(feats: np.ndarray, rng: np.random.Generator, max_time: int = 20, num_subs: int = 3) -> np.ndarray:
+    """SpecSub: replace short stretches with earlier stretches of the same utterance."""
+    feats = feats.copy()
+    steps = feats.shape[0]
+    for _ in range(num_subs):
+        width = rng.integers(0, max_time + 1)
+        if width == 0 or steps <= width + 1:
+            continue
+        start = rng.integers(width, steps - width + 1) if steps - width + 1 > width else width
+        source = rng.integers(0, start - width + 1)
+        feats[start:start + width] = feats[source:source + width]
+    return feats
+
+
+AUDIO_AUGMENTORS: dict[str, Callable] = {
+    "speed": speed_perturb, "volume": volume_perturb, "shift": time_shift,
+    "noise": add_noise, "resample": resample_perturb}
+FEATURE_AUGMENTORS: dict[str, Callable] = {"specaugment": spec_augment, "specsub": spec_sub}
+
+
+@dataclass
+class Augmentation:
+    """The parsed augmentation list: (function, params, prob) per domain."""
+    audio: list = field(default_factory=list)
+    feature: list = field(default_factory=list)
+
+    def apply_audio(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _apply(self.audio, samples, rng)
+
+    def apply_features(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _apply(self.feature, feats, rng)
+
+
+def _apply(steps: list, data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    for function, params, prob in steps:
+        if rng.random() < prob:
+            data = function(data, rng, **params)
+    return data
+
+
+def load_augmentation(path: str | None, noise_paths: list[str] = (), sample_rate: int = 16000) -> Augmentation:
+    """Parse conf/augmentation.json; path None gives no augmentation. Noise clips load once here."""
+    augmentation = Augmentation()
+    if path is None:
+        return augmentation
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"augmentation config {path} does not exist; "
+                                f"pass --augment_conf_path=None to train without augmentation") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    for number, entry in enumerate(entries):
+        kind, params, prob = entry.get("type"), dict(entry.get("params", {})), float(entry.get("prob", 1.0))
+        if kind in ("shift", "resample"):
+            params.setdefault("sample_rate", sample_rate)
+        if kind == "noise":
+            params["noise_clips"] = _load_noise(noise_paths, sample_rate)
+        if kind in AUDIO_AUGMENTORS:
+            augmentation.audio.append((AUDIO_AUGMENTORS[kind], params, prob))
+        elif kind in FEATURE_AUGMENTORS:
+            augmentation.feature.append((FEATURE_AUGMENTORS[kind], params, prob))
+        else:
+            known = sorted(AUDIO_AUGMENTORS) + sorted(FEATURE_AUGMENTORS)
+            raise ValueError(f"{path}: entry {number} has unknown type '{kind}'; known types: {known}")
+    return augmentation
+
+
+def _load_noise(noise_paths: list[str], sample_rate: int) -> list[np.ndarray]:
+    clips = []
+    for path in noise_paths:
+        try:
+            clips.append(load_audio(path, sample_rate))
+        except AudioError as err:
+            raise AudioError(f"noise manifest: {err}; fix or remove the clip and rerun create_data.py") from None
+    return clips

@@ -1,0 +1,120 @@
+"""Training data: a manifest-backed dataset, a SortaGrad bucketing batch sampler, padding collate.
+
+Features are computed with numpy inside DataLoader workers (no Paddle ops there: forked
+workers that touch Paddle's OpenMP pool can deadlock). A sample is addressed by the key
+`epoch * num_utterances + index`, so its augmentation is seeded by (seed, epoch, index)
+and does not depend on which worker computes it: a resumed run sees identical batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+
+from utils.augment import Augmentation
+from utils.audio import load_audio
+from utils.features import compute_features
+from utils.manifest import Utterance
+from utils.text import Vocabulary
+
+DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
+
+
+class SpeechDataset(paddle.io.Dataset):
+    """dataset[key] -> (feats [T, D] float32, labels [L] int32, index)."""
+
+    def __init__(self, utterances: list[Utterance], vocabulary: Vocabulary, feature_method: str,
+                 sample_rate: int, n_mels: int, augmentation: Augmentation | None = None, seed: int = 0):
+        super().__init__()
+        self.utterances, self.vocabulary = utterances, vocabulary
+        self.feature_method, self.sample_rate, self.n_mels = feature_method, sample_rate, n_mels
+        self.augmentation = augmentation or Augmentation()
+        self.seed = seed
+        self.labels = [np.asarray(vocabulary.encode(u.text), dtype=np.int32) for u in utterances]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(int(key), len(self.utterances))
+        rng = np.random.default_rng((self.seed, epoch, index))
+        samples = load_audio(self.utterances[index].audio_filepath, self.sample_rate)
+        samples = self.augmentation.apply_audio(samples, rng)
+        feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels)
+        feats = self.augmentation.apply_features(feats, rng)
+        return feats, self.labels[index], index
+
+
+def collate(batch: list) -> tuple[np.ndarray, ...]:
+    """Pad only: feats [B, T, D], feat_lens [B], labels [B, L] (0-padded), label_lens [B], indices [B]."""
+    feat_lens = np.array([len(f) for f, _, _ in batch], dtype=np.int64)
+    label_lens = np.array([len(lab) for _, lab, _ in batch], dtype=np.int64)
+    feats = np.zeros((len(batch), feat_lens.max(), batch[0][0].shape[1]), dtype=np.float32)
+    labels = np.zeros((len(batch), max(1, label_lens.max())), dtype=np.int32)
+    for row, (feat, label, _) in enumerate(batch):
+        feats[row, :len(feat)] = feat
+        labels[row, :len(label)] = label
+    indices = np.array([i for _, _, i in batch], dtype=np.int64)
+    return feats, feat_lens, labels, label_lens, indices
+
+
+def epoch_batches(durations: np.ndarray, batch_size: int, epoch: int, seed: int,
+                  sortagrad: bool = True) -> list[list[int]]:
+    """All batches of one epoch, as utterance indices.
+
+    SortaGrad: epoch 0 goes shortest to longest. Later epochs sort by duration with a
+    seeded +-10 % jitter (so batches hold similar lengths: little padding) and shuffle
+    the order of the batches.
+    """
+    rng = np.random.default_rng((seed, epoch))
+    if sortagrad and epoch == 0:
+        order = np.argsort(durations, kind="stable")
+    else:
+        jitter = 1.0 + rng.uniform(-DURATION_JITTER, DURATION_JITTER, len(durations))
+        order = np.argsort(durations * jitter, kind="stable")
+    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if not (sortagrad and epoch == 0):
+        rng.shuffle(batches)
+    return batches
+
+
+class BatchSampler(paddle.io.Sampler):
+    """Yields lists of dataset keys for one epoch, this rank's share, from batch `start_batch` on.
+
+    With several ranks, rank r takes batches r, r + W, r + 2W, ... of the global order,
+    and every rank gets the same number of batches (the tail that does not divide is dropped).
+    """
+
+    def __init__(self, durations: list[float], batch_size: int, seed: int, sortagrad: bool = True,
+                 rank: int = 0, world_size: int = 1, num_iters_per_epoch: int = 0):
+        super().__init__()
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size, self.seed, self.sortagrad = batch_size, seed, sortagrad
+        self.rank, self.world_size, self.num_iters_per_epoch = rank, world_size, num_iters_per_epoch
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def rank_batches(self) -> list[list[int]]:
+        batches = epoch_batches(self.durations, self.batch_size, self.epoch, self.seed, self.sortagrad)
+        per_rank = len(batches) // self.world_size
+        mine = batches[self.rank:per_rank * self.world_size:self.world_size]
+        return mine[:self.num_iters_per_epoch] if self.num_iters_per_epoch > 0 else mine
+
+    def __len__(self) -> int:
+        return len(self.rank_batches())
+
+    def __iter__(self):
+        offset = self.epoch * len(self.durations)
+        for batch in self.rank_batches()[self.start_batch:]:
+            yield [offset + i for i in batch]
+
+
+def make_loader(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int) -> paddle.io.DataLoader:
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                                use_shared_memory=num_workers > 0, return_list=True)
+
+
+def padding_waste(feat_lens: np.ndarray) -> float:
+    """Padded frames / real frames of one batch."""
+    return float(feat_lens.max() * len(feat_lens) - feat_lens.sum()) / max(1, int(feat_lens.sum()))

@@ -1,0 +1,377 @@
+"""The training loop, as plain functions: set up, run epochs, evaluate, save, resume.
+
+All state that must survive a crash is in the checkpoint (utils/checkpoint.py): weights,
+optimizer, AMP scaler, epoch, batch within the epoch, optimizer step and best metric.
+The learning rate is a pure function of the step, and batches are a pure function of
+(seed, epoch), so loading last_model continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+from utils.augment import load_augmentation
+from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState, copy_checkpoint,
+                              is_complete, load_state, recover, save_checkpoint)
+from utils.config import Config, print_config, save_config
+from utils.data import BatchSampler, SpeechDataset, make_loader, padding_waste
+from utils.decoders import greedy_decode
+from utils.evaluate import ctc_loss_per_utterance, evaluate, make_eval_loader
+from utils.features import feature_dim, load_mean_std
+from utils.manifest import read_manifest
+from utils.model import build_model, count_parameters
+from utils.runlog import RunLog, format_duration
+from utils.text import Vocabulary
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+def learning_rate_at(step: int, cfg: Config, world_size: int = 1) -> float:
+    """Warm-up linearly to the peak, hold, then decay (exponential or half-life) to a floor."""
+    t = cfg.train
+    peak = t.learning_rate * (world_size if t.scale_lr_by_world_size else 1)
+    if step < t.warmup_steps:
+        return peak * (step + 1) / t.warmup_steps
+    decay_steps = step - t.warmup_steps - t.hold_steps
+    if t.scheduler == "constant" or decay_steps <= 0:
+        return peak
+    if t.scheduler == "warmup_exponential":
+        return max(t.min_learning_rate, peak * t.decay_rate ** decay_steps)
+    if t.scheduler == "warmup_halflife":
+        return max(t.min_learning_rate, peak * 0.5 ** (decay_steps / t.halflife_steps))
+    raise TrainingError(f"unknown train.scheduler '{t.scheduler}'; use warmup_exponential, warmup_halflife "
+                        f"or constant")
+
+
+def build_optimizer(cfg: Config, model: paddle.nn.Layer):
+    t = cfg.train
+    clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
+    if t.optimizer == "adamw":
+        return paddle.optimizer.AdamW(learning_rate=t.learning_rate, parameters=model.parameters(),
+                                      weight_decay=t.weight_decay, grad_clip=clip)
+    if t.optimizer == "adam":
+        return paddle.optimizer.Adam(learning_rate=t.learning_rate, parameters=model.parameters(),
+                                     weight_decay=t.weight_decay or None, grad_clip=clip)
+    raise TrainingError(f"unknown train.optimizer '{t.optimizer}'; use adam or adamw")
+
+
+def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
+    """Load weights whose name and shape match; returns the names left as initialised."""
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        raise TrainingError(f"--pretrained_model {folder} has no {MODEL_FILE}; pass a model folder")
+    loaded, own = paddle.load(str(path)), model.state_dict()
+    keep_own = {"feat_mean", "feat_istd"}  # this dataset's normalizer, not the pretrained one's
+    matching = {k: v for k, v in loaded.items() if k in own and k not in keep_own
+                and list(v.shape) == list(own[k].shape)}
+    model.set_state_dict(matching)
+    return sorted(k for k in own if k not in matching)
+
+
+def _scaler_state(scaler) -> dict:
+    if scaler is None:
+        return {}
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in scaler.state_dict().items()}
+
+
+def restore(folder: Path, model, optimizer, scaler) -> TrainState:
+    model.set_state_dict(paddle.load(str(folder / MODEL_FILE)))
+    if (folder / OPTIMIZER_FILE).is_file():
+        optimizer.set_state_dict(paddle.load(str(folder / OPTIMIZER_FILE)))
+    state = load_state(folder)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    return state
+
+
+def pick_resume_folder(cfg: Config, model_root: Path) -> Path | None:
+    if cfg.train.resume_model:
+        folder = Path(cfg.train.resume_model)
+        if not is_complete(folder):
+            raise TrainingError(f"--resume_model {folder} is not a complete model folder")
+        return folder
+    last = model_root / "last_model"
+    return last if is_complete(last) else None
+
+
+def check_vocabulary(folder: Path, vocabulary: Vocabulary) -> None:
+    saved = Vocabulary.load(folder / "vocabulary.txt")
+    if saved.tokens != vocabulary.tokens:
+        raise TrainingError(f"{folder}/vocabulary.txt differs from the dataset vocabulary; resuming would "
+                            f"mislabel every token. Use --pretrained_model to fine-tune on a new vocabulary, "
+                            f"or another --use_model to start fresh")
+
+
+def init_distributed() -> tuple[int, int]:
+    world_size = paddle.distributed.get_world_size()
+    if world_size > 1:
+        paddle.distributed.init_parallel_env()
+    return paddle.distributed.get_rank(), world_size
+
+
+def _datasets(cfg: Config, vocabulary: Vocabulary, rank: int, world_size: int):
+    d, f, t = cfg.data, cfg.features, cfg.train
+    train_utts = read_manifest(d.train_manifest, d.data_dir, d.min_duration, d.max_duration)
+    test_utts = read_manifest(d.test_manifest, d.data_dir)
+    if not train_utts or not test_utts:
+        raise TrainingError(f"no utterances in {d.train_manifest if not train_utts else d.test_manifest} "
+                            f"within the duration limits; check create_data.py's output")
+    noise = [u.audio_filepath for u in read_manifest(d.noise_manifest, d.data_dir)] \
+        if os.path.isfile(d.noise_manifest) else []
+    augmentation = load_augmentation(d.augment_conf_path, noise, f.sample_rate)
+    train_set = SpeechDataset(train_utts, vocabulary, f.feature_method, f.sample_rate, f.n_mels, augmentation,
+                              t.seed)
+    test_set = SpeechDataset(test_utts, vocabulary, f.feature_method, f.sample_rate, f.n_mels)
+    sampler = BatchSampler([u.duration for u in train_utts], t.batch_size, t.seed, rank=rank,
+                           world_size=world_size, num_iters_per_epoch=t.num_iters_per_epoch)
+    return train_set, test_set, sampler
+
+
+class _Run:
+    """What the loop functions share; no behaviour of its own."""
+
+    def __init__(self, **parts):
+        self.__dict__.update(parts)
+
+
+def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
+    t = cfg.train
+    paddle.seed(t.seed + rank)
+    np.random.seed(t.seed + rank)
+    if t.deterministic:
+        paddle.set_flags({"FLAGS_cudnn_deterministic": True})
+    if t.use_amp and not paddle.is_compiled_with_cuda():
+        raise TrainingError("train.use_amp needs a GPU build of Paddle; pass --use_amp=false on CPU")
+    vocabulary = Vocabulary.load(cfg.data.dataset_vocab)
+    normalizer = load_mean_std(cfg.data.mean_std_path)
+    if normalizer["feature_method"] != cfg.features.feature_method:
+        raise TrainingError(f"{cfg.data.mean_std_path} holds {normalizer['feature_method']} statistics but "
+                            f"features.feature_method is {cfg.features.feature_method}; rerun create_data.py "
+                            f"with --feature_method={cfg.features.feature_method}")
+    dim = feature_dim(cfg.features.feature_method, cfg.features.sample_rate, cfg.features.n_mels)
+    if len(normalizer["mean"]) != dim:
+        raise TrainingError(f"{cfg.data.mean_std_path} has {len(normalizer['mean'])}-dim statistics but the "
+                            f"features are {dim}-dim; rerun create_data.py with the same --configs")
+    model = build_model(cfg.model, dim, len(vocabulary), normalizer["mean"], normalizer["std"])
+    optimizer = build_optimizer(cfg, model)
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if t.use_amp else None
+    train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
+    log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
+    return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
+                model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
+                loader=make_loader(train_set, sampler, 0 if t.deterministic else cfg.data.num_workers),
+                test_loader=make_eval_loader(test_set, t.batch_size, cfg.data.num_workers), log=log,
+                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model)
+
+
+def _start_from(run: _Run) -> None:
+    """Resume (last_model or --resume_model) or fine-tune (--pretrained_model), else fresh."""
+    folder = pick_resume_folder(run.cfg, run.model_root)
+    if folder is not None:
+        check_vocabulary(folder, run.vocabulary)
+        run.state = restore(folder, run.model, run.optimizer, run.scaler)
+        run.log.info(f"resumed from {folder}: epoch {run.state.epoch}, batch {run.state.batch_in_epoch}, "
+                     f"step {run.state.step}, best {run.state.metrics_type} {run.state.best_metric}")
+    elif run.cfg.train.pretrained_model:
+        skipped = load_pretrained(run.model, run.cfg.train.pretrained_model)
+        run.log.info(f"fine-tuning from {run.cfg.train.pretrained_model}; layers not loaded: "
+                     f"{', '.join(skipped) or 'none'}")
+    if run.world_size > 1:
+        run.parallel = paddle.DataParallel(run.model)
+
+
+def _save(run: _Run, name: str) -> Path:
+    return save_checkpoint(run.model_root / name, run.model, run.optimizer, run.state, run.cfg, run.vocabulary,
+                           run.cfg.data.mean_std_path)
+
+
+def _prune_epochs(run: _Run) -> None:
+    epochs = sorted((p for p in run.model_root.glob("epoch_*") if p.name[6:].isdigit()),
+                    key=lambda p: int(p.name[6:]))
+    for old in epochs[:-run.cfg.train.keep_last] if run.cfg.train.keep_last > 0 else []:
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _train_step(run: _Run, batch, micro_step: int) -> float | None:
+    """Forward and backward one batch; steps the optimizer every accum_grad batches.
+
+    Returns the batch loss, or None when it was not finite (the batch is skipped).
+    """
+    feats, feat_lens, labels, label_lens, indices = batch
+    accum = run.cfg.train.accum_grad
+    with paddle.amp.auto_cast(enable=run.scaler is not None, level="O1"):
+        logits, out_lens = run.parallel(feats, feat_lens)
+    loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens).sum() / feats.shape[0]
+    loss_value = float(loss)
+    if not math.isfinite(loss_value):
+        run.optimizer.clear_grad()
+        run.nan_in_row += 1
+        run.state.nan_skipped += 1
+        if run.nan_in_row >= run.cfg.train.max_nan_in_row:
+            names = [run.train_set.utterances[int(i)].audio_filepath for i in np.asarray(indices)]
+            raise TrainingError(f"{run.nan_in_row} batches in a row had a non-finite loss; last batch: "
+                                f"{names}. Lower the learning rate or check these files")
+        return None
+    run.nan_in_row = 0
+    scaled = run.scaler.scale(loss / accum) if run.scaler else loss / accum
+    scaled.backward()
+    if (micro_step + 1) % accum == 0:
+        run.optimizer.set_lr(learning_rate_at(run.state.step, run.cfg, run.world_size))
+        if run.scaler:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
+        run.optimizer.clear_grad()
+        run.state.step += 1
+    return loss_value
+
+
+def _log_progress(run: _Run, batch_no: int, num_batches: int, losses: list, timing: dict) -> None:
+    t = run.cfg.train
+    batches = max(1, timing["batches"])
+    batch_cost = timing["batch"] / batches
+    remaining = (num_batches - batch_no) + (t.num_epoch - run.state.epoch - 1) * num_batches
+    lr = run.optimizer.get_lr()
+    run.log.info(f"epoch [{run.state.epoch + 1}/{t.num_epoch}] batch [{batch_no}/{num_batches}] "
+                 f"loss {np.mean(losses):.4f} lr {lr:.3e} reader_cost {timing['reader'] / batches:.4f}s "
+                 f"batch_cost {batch_cost:.4f}s utts/s {timing['utts'] / max(timing['batch'], 1e-9):.1f} "
+                 f"audio_s/s {timing['audio'] / max(timing['batch'], 1e-9):.1f} "
+                 f"padding {timing['padding'] / batches:.2f} eta {format_duration(remaining * batch_cost)}")
+    run.log.scalar("Train/Loss", np.mean(losses), run.state.step)
+    run.log.scalar("Train/lr", lr, run.state.step)
+
+
+def _run_epoch(run: _Run) -> bool:
+    """Train the rest of the current epoch; returns False when max_steps stopped it early."""
+    t = run.cfg.train
+    run.sampler.set_epoch(run.state.epoch, run.state.batch_in_epoch)
+    num_batches = len(run.sampler)
+    losses, timing = [], dict.fromkeys(("reader", "batch", "utts", "audio", "padding", "batches"), 0.0)
+    frame_seconds = 0.01
+    tick = time.perf_counter()
+    for micro_step, batch in enumerate(run.loader):
+        timing["reader"] += time.perf_counter() - tick
+        loss = _train_step(run, batch, micro_step)
+        if (micro_step + 1) % t.accum_grad == 0:
+            run.state.batch_in_epoch += t.accum_grad
+        feat_lens = np.asarray(batch[1])
+        timing["batch"] += time.perf_counter() - tick
+        timing["utts"] += len(feat_lens) * run.world_size
+        timing["audio"] += feat_lens.sum() * frame_seconds * run.world_size
+        timing["padding"] += padding_waste(feat_lens)
+        timing["batches"] += 1
+        if loss is not None:
+            losses.append(loss)
+        if losses and run.state.batch_in_epoch % t.log_interval == 0:
+            _log_progress(run, run.state.batch_in_epoch, num_batches, losses, timing)
+            losses, timing = [], dict.fromkeys(timing, 0.0)
+        if run.rank == 0 and t.save_step > 0 and run.state.batch_in_epoch % t.save_step == 0:
+            _save(run, "last_model")
+        if t.max_steps and run.state.step >= t.max_steps:
+            return False
+        tick = time.perf_counter()
+    return True
+
+
+def _end_epoch(run: _Run) -> None:
+    """Evaluate on the test set, then save epoch_N, last_model and (if better) best_model."""
+    t, state = run.cfg.train, run.state
+    vocab = run.vocabulary.tokens
+    result = evaluate(run.model, run.test_loader, run.vocabulary, t.metrics_type,
+                      lambda log_probs, out_lens: greedy_decode(log_probs, out_lens, vocab))
+    run.model.train()
+    improved = state.best_metric is None or result.error_rate < state.best_metric
+    if improved:
+        state.best_metric, state.best_epoch = result.error_rate, state.epoch
+    state.history.append({"epoch": state.epoch, "step": state.step, "test_loss": result.loss,
+                          f"test_{t.metrics_type}": result.error_rate})
+    run.log.info(f"epoch {state.epoch + 1} test: loss {result.loss:.4f} {t.metrics_type} "
+                 f"{result.error_rate:.4f} (best {state.best_metric:.4f} at epoch {state.best_epoch + 1}), "
+                 f"{len(result.references)} utterances in {result.wall_seconds:.1f}s")
+    run.log.scalar("Test/Loss", result.loss, state.epoch + 1)
+    run.log.scalar(f"Test/{t.metrics_type}", result.error_rate, state.epoch + 1)
+    finished_epoch = state.epoch
+    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    epoch_folder = _save(run, f"epoch_{finished_epoch + 1}")
+    copy_checkpoint(epoch_folder, run.model_root / "last_model")
+    if improved:
+        copy_checkpoint(epoch_folder, run.model_root / "best_model")
+    _prune_epochs(run)
+
+
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train(cfg: Config) -> str:
+    """Train to num_epoch (or max_steps); returns a one-line summary."""
+    rank, world_size = init_distributed()
+    model_root = Path(cfg.train.save_model_path) / cfg.train.use_model
+    if rank == 0:
+        model_root.mkdir(parents=True, exist_ok=True)
+        print_config(cfg, "train.py")
+    lock = FolderLock(model_root) if rank == 0 else None
+    with lock or _NoLock():
+        notes = recover(model_root) if rank == 0 else []
+        run = _setup(cfg, rank, world_size, model_root)
+        for note in notes:
+            run.log.info(note)
+        if rank == 0:
+            save_config(cfg, model_root / "config.yml")
+            save_config(cfg, Path(cfg.train.log_dir) / cfg.train.use_model / "config.yml")
+        _start_from(run)
+        run.log.info(f"model: {count_parameters(run.model) / 1e6:.2f}M parameters, {len(run.vocabulary)} tokens, "
+                     f"{len(run.train_set)} training utterances, {world_size} process(es), "
+                     f"{os.environ.get('OMP_NUM_THREADS')} thread(s) each, batch {cfg.train.batch_size} per process")
+        return _loop(run)
+
+
+def _loop(run: _Run) -> str:
+    t, start = run.cfg.train, time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    run.model.train()
+    try:
+        while run.state.epoch < t.num_epoch:
+            finished = _run_epoch(run)
+            if run.rank == 0 and finished:
+                _end_epoch(run)
+            elif finished:
+                run.state.epoch, run.state.batch_in_epoch = run.state.epoch + 1, 0
+            if run.world_size > 1:
+                paddle.distributed.barrier()
+            if not finished:
+                if run.rank == 0:
+                    _save(run, "last_model")
+                break
+    except KeyboardInterrupt:
+        if run.rank == 0:
+            folder = _save(run, "last_model")
+            run.log.info(f"interrupted: saved {folder} at epoch {run.state.epoch + 1}, batch "
+                         f"{run.state.batch_in_epoch}; run train.py again to continue")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        run.log.close()
+    best = run.state.best_metric
+    return (f"trained {run.state.step} steps in {format_duration(time.perf_counter() - start)}; "
+            f"best {t.metrics_type}={best if best is None else round(best, 4)} at epoch {run.state.best_epoch + 1}; "
+            f"models in {run.model_root}")
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
