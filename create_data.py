@@ -1,0 +1,32 @@
+"""Build the manifests, vocabulary and feature mean/std from transcript lists (MASR create_data.py).
+
+Reads MASR lists (path<TAB>text in dataset/annotation/*.txt; test.txt is the test set),
+JSON-lines manifests or DeepSpeech CSV, and writes dataset/manifest.{train,test,noise},
+dataset/vocabulary.txt, dataset/mean_std.npz and dataset/skipped.txt (lines left out, why).
+"""
+import os
+import sys
+
+# The work runs in numpy worker processes: one BLAS thread each (set before numpy loads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from utils.config import ConfigError, parse_args, print_config  # noqa: E402
+from utils.data_prep import DataPrepError, create_data  # noqa: E402
+
+
+def main() -> None:
+    try:
+        cfg = parse_args(__doc__, default_config=None)
+    except ConfigError as err:
+        sys.exit(f"create_data.py: error: {err}")
+    print_config(cfg, "create_data.py")
+    try:
+        summary = create_data(cfg)
+    except DataPrepError as err:
+        sys.exit(f"create_data.py: error: {err}")
+    print(summary.line())
+
+
+if __name__ == "__main__":
+    main()

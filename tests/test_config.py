@@ -1,0 +1,121 @@
+"""Config overrides: dotted and bare keys, YAML files, errors that name the key, --print_config."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from utils.config import Config, ConfigError, from_dict, parse_args, save_config, to_dict
+
+
+def parse(*argv: str, **kwargs) -> Config:
+    return parse_args("test", default_config=None, argv=list(argv), **kwargs)
+
+
+def test_no_arguments_gives_the_defaults():
+    assert to_dict(parse()) == to_dict(Config())
+
+
+def test_dotted_and_bare_keys_with_both_value_forms():
+    cfg = parse("--train.batch_size=8", "--num_workers", "4", "--count_threshold=3", "--prep.max_test", "7")
+    assert (cfg.train.batch_size, cfg.data.num_workers, cfg.prep.count_threshold, cfg.prep.max_test) == (8, 4, 3, 7)
+    assert parse("--batch_size=5").train.batch_size == 5
+    changed = {(s, k) for s, keys in to_dict(cfg).items() for k, v in keys.items() if to_dict(Config())[s][k] != v}
+    assert changed == {("train", "batch_size"), ("data", "num_workers"), ("prep", "count_threshold"),
+                       ("prep", "max_test")}  # nothing else moved
+
+
+def test_masr_create_data_names_map_to_their_sections():
+    cfg = parse("--annotation_path=a/b", "--manifest_prefix=x/m", "--num_samples=-1", "--min_duration=1",
+                "--max_duration=9.5", "--feature_method=fbank")
+    assert (cfg.prep.annotation_path, cfg.prep.manifest_prefix, cfg.prep.num_samples) == ("a/b", "x/m", -1)
+    assert (cfg.data.min_duration, cfg.data.max_duration, cfg.features.feature_method) == (1.0, 9.5, "fbank")
+    assert isinstance(cfg.data.min_duration, float)  # an int is accepted for a float key
+
+
+def test_value_parsing():
+    cfg = parse("--learning_rate=1e-3", "--use_amp", "--conv_channels=[8, 8]", "--use_model=123")
+    assert cfg.train.learning_rate == 0.001  # YAML reads 1e-3 as a string
+    assert cfg.train.use_amp is True  # a bare flag is true
+    assert cfg.model.conv_channels == [8, 8]
+    assert cfg.train.use_model == "123"  # a number is accepted for a string key
+
+
+@pytest.mark.parametrize("arg,section,key", [("--data_dir=None", "data", "data_dir"),
+                                             ("--data.data_dir=null", "data", "data_dir"),
+                                             ("--augment_conf_path=none", "data", "augment_conf_path")])
+def test_none_for_optional_keys(arg, section, key):
+    cfg = parse("--data_dir=corpus", "--augment_conf_path=conf/a.json", arg)
+    assert getattr(getattr(cfg, section), key) is None
+    assert parse("--resume_model=models/x").train.resume_model == "models/x"
+    with pytest.raises(ConfigError, match="'data.num_workers' expects int, got None"):
+        parse("--num_workers=None")  # None only where the key is Optional
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--no_such_key=1"], "command line: unknown config key 'no_such_key'"),
+    (["--train.nope=1"], "unknown config key 'train.nope'"),
+    (["--nosection.batch_size=1"], "unknown config key 'nosection.batch_size'"),
+    (["--num_workers=abc"], "config key 'data.num_workers' expects int, got 'abc'"),
+    (["--num_workers=true"], "'data.num_workers' expects int"),
+    (["--bidirectional=1"], "'model.bidirectional' expects bool"),
+    (["--learning_rate=fast"], "'train.learning_rate' expects float"),
+    (["--data_dir=[1]"], "'data.data_dir' expects str"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_keys_and_values_are_errors_naming_the_key(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(*argv)
+
+
+def test_yaml_file_then_command_line(tmp_path):
+    path = tmp_path / "exp.yml"
+    path.write_text("train:\n  batch_size: 4  # comment\n  learning_rate: 2e-4\ndata:\n  data_dir: null\n"
+                    "prep:\n  count_threshold: 2\n", encoding="utf-8")
+    cfg = parse("--configs", str(path), "--count_threshold=5")
+    assert (cfg.train.batch_size, cfg.train.learning_rate) == (4, 0.0002)
+    assert cfg.data.data_dir is None and cfg.prep.count_threshold == 5  # the command line wins
+
+
+@pytest.mark.parametrize("text,message", [
+    ("train:\n  bogus: 1\n", "exp.yml: unknown config key 'train.bogus'"),
+    ("bogus:\n  batch_size: 1\n", "unknown config key 'bogus.batch_size'"),
+    ("train:\n  batch_size: many\n", "'train.batch_size' expects int"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("- a\n", "expected a mapping of sections"),
+    ("train: [\n", "not valid YAML"),
+])
+def test_bad_yaml_files(tmp_path, text, message):
+    path = tmp_path / "exp.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        parse(f"--configs={path}")
+
+
+def test_missing_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse(f"--configs={tmp_path / 'none.yml'}")
+
+
+def test_print_config_prints_yaml_and_exits(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--num_workers=3", "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "  num_workers: 3  # worker processes" in printed
+    expected = to_dict(Config())
+    expected["data"]["num_workers"] = 3
+    assert yaml.safe_load(printed) == expected
+
+
+def test_saved_config_reads_back(tmp_path):
+    cfg = parse("--data_dir=corpus", "--conv_kernels=[[5, 3]]", "--seed=7")
+    save_config(cfg, tmp_path / "config.yml")
+    assert to_dict(parse(f"--configs={tmp_path / 'config.yml'}")) == to_dict(cfg)
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_script_defaults_and_aliases():
+    cfg = parse("--resume_model=models/best", defaults={"data.num_workers": 0},
+                aliases={"resume_model": "eval.result_path"})
+    assert cfg.data.num_workers == 0 and cfg.eval.result_path == "models/best"
+    assert cfg.train.resume_model is None

@@ -1,0 +1,276 @@
+"""create_data: every input format, every bad-input class, resampling, statistics, the CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import ROOT, prep_config, read_skipped, write_bytes_lines, write_noise, write_text, write_tone
+from utils.audio import load_audio
+from utils.data_prep import DataPrepError, create_data, mirror_path
+from utils.features import compute_features, load_mean_std
+from utils.manifest import read_manifest
+from utils.text import Vocabulary
+
+PINNED_TOKENS = ["<blank>", "<unk>", "b", "a", "c", "<space>"]  # from the 4 training lines of CLEAN_CORPUS
+
+
+def manifest(tmp_path: Path, split: str) -> list[dict]:
+    path = tmp_path / "out" / f"manifest.{split}"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_masr_list_makes_sorted_manifests_vocabulary_and_normalizer(clean_corpus):
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation")
+    summary = create_data(cfg)
+    train, test = manifest(clean_corpus, "train"), manifest(clean_corpus, "test")
+    # test_every=500: the first kept line is the test set, the rest train, sorted by duration
+    assert [t["text"] for t in test] == ["ab ba"]
+    assert [t["text"] for t in train] == ["bab", "abc", "c", "ca b"]
+    assert [t["duration"] for t in train] == [0.3, 0.4, 0.5, 0.8]
+    assert train[0]["audio_filepath"] == str(clean_corpus / "audio" / "d.wav")
+    assert Vocabulary.load(cfg.data.dataset_vocab).tokens == PINNED_TOKENS
+    normalizer = load_mean_std(cfg.data.mean_std_path)
+    assert normalizer["feature_method"] == "linear" and normalizer["mean"].shape == (161,)
+    assert (summary.train, summary.test, summary.skipped, summary.vocab_size) == (4, 1, 0, 6)
+    assert summary.train_hours == pytest.approx(2.0 / 3600)
+    line = summary.line()
+    assert "kept 4 train" in line and "1 test" in line and "0 lines skipped" in line and "\n" not in line
+    assert read_skipped(clean_corpus / "out" / "skipped.txt") == []
+
+
+def test_count_threshold_drops_rare_tokens(clean_corpus):
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.count_threshold": 2})
+    create_data(cfg)
+    assert Vocabulary.load(cfg.data.dataset_vocab).tokens == PINNED_TOKENS[:5]
+
+
+def test_test_txt_is_the_test_set_and_unknown_characters_are_counted(clean_corpus):
+    write_text(clean_corpus / "annotation" / "test.txt", [f"{clean_corpus / 'audio' / 'a.wav'}\tabd"])
+    summary = create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+    assert [t["text"] for t in manifest(clean_corpus, "test")] == ["abd"]
+    assert len(manifest(clean_corpus, "train")) == 5
+    assert (summary.oov_test, summary.oov_chars) == (1, "d")
+    assert "1 test utterances with characters not in the vocabulary (d)" in summary.line()
+
+
+def test_every_nth_line_capped_at_max_test(clean_corpus):
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.test_every": 2, "prep.max_test": 2})
+    create_data(cfg)
+    assert sorted(t["text"] for t in manifest(clean_corpus, "test")) == ["ab ba", "ca b"]  # lines 0 and 2
+    assert len(manifest(clean_corpus, "train")) == 3
+
+
+def test_json_lines_csv_and_several_inputs(tmp_path):
+    paths = [write_tone(tmp_path / "audio" / f"{i}.wav", 0.5 + 0.1 * i) for i in range(4)]
+    json_lines = [json.dumps({"audio_filepath": str(paths[0]), "duration": 99.0, "text": "Hello, World"}),
+                  json.dumps({"audio_filepath": str(paths[1]), "text": "café"})]
+    write_text(tmp_path / "in" / "nemo.jsonl", json_lines)
+    write_text(tmp_path / "in" / "ds.csv", ["wav_filename,wav_filesize,transcript",
+                                            f"{paths[2]},123,\"it's, quoted\"", f"{paths[3]},5,plain"])
+    cfg = prep_config(tmp_path, f"{tmp_path / 'in' / 'nemo.jsonl'},{tmp_path / 'in' / 'ds.csv'}",
+                      **{"prep.test_every": 0})
+    summary = create_data(cfg)
+    train = manifest(tmp_path, "train")
+    assert [t["text"] for t in train] == ["hello world", "cafe", "it's quoted", "plain"]
+    assert train[0]["duration"] == 0.5  # from the audio header, not the JSON's 99.0
+    assert (summary.train, summary.test) == (4, 0)
+
+
+def test_csv_without_header_reads_default_columns(tmp_path):
+    path = write_tone(tmp_path / "audio" / "x.wav", 0.5)
+    write_text(tmp_path / "in.csv", [f"{path},10,no header here"])
+    create_data(prep_config(tmp_path, tmp_path / "in.csv", **{"prep.test_every": 0}))
+    assert [t["text"] for t in manifest(tmp_path, "train")] == ["no header here"]
+
+
+def test_relative_paths_and_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tone(tmp_path / "corpus" / "wav" / "x.wav", 0.5)
+    write_text(tmp_path / "list.txt", ["corpus/wav/x.wav\tx"])
+    create_data(prep_config(tmp_path, "list.txt", **{"prep.test_every": 0}))
+    assert manifest(tmp_path, "train")[0]["audio_filepath"] == "corpus/wav/x.wav"  # as given
+    write_text(tmp_path / "list.txt", ["wav/x.wav\tx"])
+    create_data(prep_config(tmp_path, "list.txt", **{"prep.test_every": 0, "data.data_dir": "corpus"}))
+    written = manifest(tmp_path, "train")[0]["audio_filepath"]
+    assert written == str(tmp_path / "corpus" / "wav" / "x.wav")  # absolute: reads with or without data_dir
+    for data_dir in (None, "corpus"):
+        assert os.path.isfile(read_manifest(tmp_path / "out" / "manifest.train", data_dir)[0].audio_filepath)
+
+
+def bad_input_list(tmp_path: Path) -> tuple[Path, dict[int, str]]:
+    """A MASR list with one line per bad-input class; returns it and {line number: reason part}."""
+    good = write_tone(tmp_path / "audio" / "good.wav", 0.5)
+    empty = tmp_path / "audio" / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "audio" / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF this is not audio at all" * 10)
+    zero = tmp_path / "audio" / "zero.wav"
+    soundfile.write(str(zero), np.zeros(0, dtype=np.float32), 16000)
+    short, long = write_tone(tmp_path / "audio" / "short.wav", 0.05), write_tone(tmp_path / "audio" / "long.wav", 3)
+    lines = [f"{good}\tgood one".encode(),                                     # 1 kept
+             f"{tmp_path / 'audio' / 'missing.wav'}\tmissing".encode(),         # 2
+             f"{empty}\tempty file".encode(), f"{corrupt}\tcorrupt".encode(),    # 3, 4
+             f"{zero}\tzero".encode(), f"{good}\t".encode(), f"{good}\t !? ".encode(),  # 5, 6, 7
+             f"{good}\t".encode() + "caf\xe9".encode("latin-1"),               # 8 not UTF-8
+             f"{good}\tI have 3 apples".encode(), f"{good}\tnumber ٣".encode(),  # 9, 10
+             f"{short}\tshort".encode(), f"{long}\tlong".encode(),             # 11, 12
+             f"{good} no tab here".encode(),                                   # 13
+             f'{good}\tsay "hi"\tthere'.encode(), b"", f"{good}\tlast".encode()]  # 14 kept, blank, 16 kept
+    reasons = {2: "audio: file not found", 3: "audio: empty file", 4: "audio: not readable audio",
+               5: "audio: zero duration", 6: "text: empty transcript", 7: "text: empty transcript",
+               8: "not UTF-8", 9: "spell numbers out as words", 10: "unsupported character",
+               11: "duration 0.05 s outside [0.1, 2.0]", 12: "duration 3.00 s outside", 13: "no tab"}
+    return write_bytes_lines(tmp_path / "annotation" / "train.txt", lines), reasons
+
+
+def test_every_bad_input_class_is_skipped_with_its_reason(tmp_path):
+    listing, reasons = bad_input_list(tmp_path)
+    cfg = prep_config(tmp_path, listing, **{"prep.test_every": 0, "data.max_duration": 2.0})
+    summary = create_data(cfg)
+    rows = sorted(read_skipped(tmp_path / "out" / "skipped.txt"), key=lambda row: int(row[1]))  # pass order
+    assert [int(row[1]) for row in rows] == sorted(reasons)
+    for source, line_no, reason, raw in rows:
+        assert source == str(listing)
+        assert reasons[int(line_no)] in reason, (line_no, reason)
+    assert rows[6][3] == f"{tmp_path / 'audio' / 'good.wav'}\\tcaf\\xe9"  # raw line, tab and bad byte escaped
+    assert [t["text"] for t in manifest(tmp_path, "train")] == ["good one", "say hi there", "last"]
+    assert summary.skipped == len(reasons) == 12
+    assert f"12 lines skipped (see {tmp_path / 'out' / 'skipped.txt'})" in summary.line()
+
+
+def test_bad_json_and_csv_lines_are_skipped(tmp_path):
+    good = write_tone(tmp_path / "good.wav", 0.5)
+    write_text(tmp_path / "in.jsonl", [json.dumps({"audio_filepath": str(good), "text": "ok"}), "{not json",
+                                       json.dumps({"audio_filepath": str(good)}), "[1, 2]"])
+    write_text(tmp_path / "in.csv", ["wav_filename,wav_filesize,transcript", f"{good},1"])
+    create_data(prep_config(tmp_path, f"{tmp_path / 'in.jsonl'},{tmp_path / 'in.csv'}", **{"prep.test_every": 0}))
+    reasons = [(Path(r[0]).name, r[1], r[2]) for r in read_skipped(tmp_path / "out" / "skipped.txt")]
+    assert [r[:2] for r in reasons] == [("in.jsonl", "2"), ("in.jsonl", "3"), ("in.jsonl", "4"), ("in.csv", "2")]
+    assert "not valid JSON" in reasons[0][2] and "missing key 'text'" in reasons[1][2]
+    assert "not a JSON object" in reasons[2][2] and "2 CSV fields" in reasons[3][2]
+
+
+def test_nothing_usable_is_a_clear_error(tmp_path):
+    write_text(tmp_path / "list.txt", [f"{tmp_path / 'missing.wav'}\ttext", "no tab"])
+    with pytest.raises(DataPrepError, match=r"no usable training utterance.*skipped\.txt"):
+        create_data(prep_config(tmp_path, tmp_path / "list.txt"))
+    assert len(read_skipped(tmp_path / "out" / "skipped.txt")) == 2
+
+
+@pytest.mark.parametrize("annotation", ["missing_folder", "empty_folder"])
+def test_missing_or_empty_annotation_path_is_a_clear_error(tmp_path, annotation):
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(DataPrepError, match="annotation"):
+        create_data(prep_config(tmp_path, tmp_path / annotation))
+
+
+def test_stereo_8k_is_resampled_into_a_new_file_and_the_original_is_untouched(tmp_path):
+    good = write_tone(tmp_path / "audio" / "good.wav", 0.5)
+    stereo = write_tone(tmp_path / "audio" / "stereo8k.wav", 1.0, sample_rate=8000, channels=2)
+    flac = write_tone(tmp_path / "audio" / "cd.flac", 0.7, sample_rate=44100)
+    before = hashlib.sha256(stereo.read_bytes()).hexdigest()
+    write_text(tmp_path / "list.txt", [f"{good}\tgood", f"{stereo}\tstereo", f"{flac}\tflac"])
+    cfg = prep_config(tmp_path, tmp_path / "list.txt", **{"prep.test_every": 0})
+    summary = create_data(cfg)
+    assert hashlib.sha256(stereo.read_bytes()).hexdigest() == before
+    by_text = {t["text"]: t for t in manifest(tmp_path, "train")}
+    converted = Path(by_text["stereo"]["audio_filepath"])
+    assert converted == mirror_path(str(stereo), cfg.prep.resampled_dir)
+    assert converted.is_relative_to(tmp_path / "resampled") and converted.name == "stereo8k.wav"
+    info = soundfile.info(str(converted))
+    assert (info.samplerate, info.channels, info.frames) == (16000, 1, 16000)
+    assert by_text["stereo"]["duration"] == 1.0
+    assert Path(by_text["flac"]["audio_filepath"]).name == "cd.flac.wav"
+    assert by_text["good"]["audio_filepath"] == str(good)
+    assert summary.resampled == 2
+    mtime = converted.stat().st_mtime_ns
+    create_data(cfg)  # a second run reuses the fresh copy
+    assert converted.stat().st_mtime_ns == mtime
+
+
+def test_mirror_path_stays_inside_resampled_dir():
+    assert mirror_path("data/a/b.wav", "rs") == Path("rs/data/a/b.wav")
+    assert mirror_path("./data/b.mp3", "rs") == Path("rs/data/b.mp3.wav")
+    assert mirror_path("/abs/c.wav", "rs") == Path("rs/abs/c.wav")
+    assert mirror_path("../up.wav", "rs") == Path("rs") / Path(os.path.abspath("../up.wav")).relative_to("/")
+
+
+def test_noise_dir_becomes_the_noise_manifest(clean_corpus):
+    write_noise(clean_corpus / "noise" / "n1.wav", 2.0)
+    write_noise(clean_corpus / "noise" / "sub" / "n2.wav", 1.0, sample_rate=8000)
+    (clean_corpus / "noise" / "readme.txt").write_text("not audio")
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.noise_dir": str(clean_corpus / "noise")})
+    summary = create_data(cfg)
+    noise = manifest(clean_corpus, "noise")
+    assert [(Path(n["audio_filepath"]).name, n["duration"], n["text"]) for n in noise] == [
+        ("n1.wav", 2.0, ""), ("n2.wav", 1.0, "")]
+    assert Path(noise[1]["audio_filepath"]).is_relative_to(clean_corpus / "resampled")
+    assert summary.noise == 2 and f"{cfg.prep.manifest_prefix}.noise" in summary.written
+
+
+def expected_stats(paths: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
+    feats = np.concatenate([compute_features(load_audio(p), method).astype(np.float64) for p in paths])
+    return feats.mean(axis=0), feats.std(axis=0)
+
+
+@pytest.mark.parametrize("method,dim", [("linear", 161), ("fbank", 80)])
+def test_mean_std_equals_numpy_over_the_training_set(clean_corpus, method, dim):
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation",
+                      **{"features.feature_method": method, "data.num_workers": 2})
+    create_data(cfg)
+    normalizer = load_mean_std(cfg.data.mean_std_path)
+    mean, std = expected_stats([t["audio_filepath"] for t in manifest(clean_corpus, "train")], method)
+    assert normalizer["feature_method"] == method and normalizer["mean"].shape == (dim,)
+    np.testing.assert_allclose(normalizer["mean"], mean, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(normalizer["std"], std, rtol=1e-4, atol=1e-4)
+
+
+def test_statistics_sample_is_seeded_and_bounded(clean_corpus):
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.num_samples": 2})
+    create_data(cfg)
+    first = load_mean_std(cfg.data.mean_std_path)["mean"]
+    cfg.data.num_workers = 2
+    create_data(cfg)
+    np.testing.assert_array_equal(load_mean_std(cfg.data.mean_std_path)["mean"], first)
+    all_mean = expected_stats([t["audio_filepath"] for t in manifest(clean_corpus, "train")], "linear")[0]
+    assert not np.allclose(first, all_mean, atol=1e-3)  # two of four utterances differ from all four
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "create_data.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_accepts_the_masr_names(clean_corpus):
+    out = clean_corpus / "out"
+    result = run_script(f"--annotation_path={clean_corpus / 'annotation'}", f"--manifest_prefix={out / 'm'}",
+                        "--count_threshold=2", "--num_workers=2", "--num_samples=3", "--min_duration=0.35",
+                        "--max_duration=10", "--feature_method=fbank", f"--dataset_vocab={out / 'v.txt'}",
+                        f"--mean_std_path={out / 'ms.npz'}", cwd=clean_corpus)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("create_data: kept 3 train") and "1 lines skipped" in last  # d.wav is 0.3 s
+    assert "count_threshold: 2" in result.stdout  # the effective config is printed first
+    assert load_mean_std(out / "ms.npz")["feature_method"] == "fbank"
+    assert (out / "m.train").is_file() and (out / "skipped.txt").is_file()
+
+
+def test_cli_help_and_errors(tmp_path):
+    help_text = run_script("--help", cwd=tmp_path)
+    assert help_text.returncode == 0 and "--prep.annotation_path" in help_text.stdout
+    unknown = run_script("--no_such_key=1", cwd=tmp_path)
+    assert unknown.returncode != 0 and "unknown config key 'no_such_key'" in unknown.stderr
+    (tmp_path / "exp.yml").write_text("prep:\n  count_threshold: 4\n", encoding="utf-8")
+    printed = run_script("--configs", str(tmp_path / "exp.yml"), "--num_workers=3", "--print_config", cwd=tmp_path)
+    assert printed.returncode == 0 and "count_threshold: 4" in printed.stdout and "num_workers: 3" in printed.stdout
+    assert not (tmp_path / "dataset").exists()  # --print_config only prints
+    missing = run_script(f"--annotation_path={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

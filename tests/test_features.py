@@ -1,0 +1,81 @@
+"""Feature shapes from the frame formula, and statistics on known signals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tone
+from utils.features import (FeatureStats, compute_features, feature_dim, load_mean_std, num_frames,
+                            save_mean_std)
+
+# (samples, frames): linear 20 ms window 320 / stride 160; fbank 25 ms window 400 / stride 160
+LINEAR_FRAMES = [(0, 0), (319, 0), (320, 1), (479, 1), (480, 2), (16000, 99), (16001, 99)]
+FBANK_FRAMES = [(399, 0), (400, 1), (559, 1), (560, 2), (16000, 98), (48000, 298)]
+
+
+@pytest.mark.parametrize("method,cases,dim", [("linear", LINEAR_FRAMES, 161), ("fbank", FBANK_FRAMES, 80)])
+def test_frame_count_follows_the_formula(method, cases, dim):
+    rng = np.random.default_rng(0)
+    for samples, frames in cases:
+        assert num_frames(samples, method) == frames
+        feats = compute_features(rng.standard_normal(samples).astype(np.float32), method)
+        assert feats.shape == (frames, dim) and feats.dtype == np.float32
+    assert feature_dim(method) == dim
+
+
+def test_feature_dims_follow_sample_rate_and_n_mels():
+    assert feature_dim("linear", sample_rate=8000) == 81
+    assert feature_dim("fbank", n_mels=40) == 40
+    assert compute_features(tone(0.5), "fbank", n_mels=40).shape == (48, 40)
+    with pytest.raises(ValueError, match="unknown feature_method 'mfcc'"):
+        compute_features(tone(0.5), "mfcc")
+
+
+def test_sine_power_lands_in_its_bin_with_the_pinned_value():
+    feats = compute_features(tone(1.0, freq=1000.0, amplitude=0.5))  # [99, 161]
+    # 1000 Hz / (16000 / 320) = bin 20; power = (amplitude / 2 * sum(window))^2, sum(window) = 160.5
+    assert np.all(np.argmax(feats, axis=1) == 20)
+    np.testing.assert_allclose(feats[:, 20], np.log((0.25 * 160.5) ** 2), atol=1e-3)
+    assert float(feats[:, 20].mean()) == pytest.approx(7.3840036, abs=1e-5)
+    assert float(feats.mean()) == pytest.approx(-18.945555, abs=1e-4)
+
+
+def test_fbank_of_a_sine_is_pinned():
+    feats = compute_features(tone(1.0, freq=1000.0), "fbank")  # [98, 80]
+    assert int(np.argmax(feats.mean(axis=0))) == 26
+    assert float(feats.mean(axis=0).max()) == pytest.approx(4.189554, abs=1e-4)
+
+
+def test_feature_stats_equal_numpy_mean_and_std_across_merges():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(3.0, 2.0, size=(n, 5)).astype(np.float32) for n in (7, 1, 30)]
+    first, second = FeatureStats(5), FeatureStats(5)
+    first.add(parts[0])
+    second.add(parts[1])
+    second.add(parts[2])
+    first.merge(second)
+    mean, std = first.mean_std()
+    everything = np.concatenate(parts).astype(np.float64)
+    assert first.frames == 38
+    np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std, everything.std(axis=0), rtol=1e-5)
+
+
+def test_feature_stats_of_constant_columns():
+    stats = FeatureStats(2)
+    stats.add(np.array([[1.0, -2.0], [3.0, -2.0]], dtype=np.float32))
+    mean, std = stats.mean_std()
+    assert mean.tolist() == [2.0, -2.0]
+    assert std[0] == 1.0 and 0 < std[1] < 1e-9  # floored, never zero
+    with pytest.raises(ValueError, match="no feature frames"):
+        FeatureStats(3).mean_std()
+
+
+def test_mean_std_file_round_trip(tmp_path):
+    mean, std = np.arange(3, dtype=np.float32), np.ones(3, dtype=np.float32)
+    save_mean_std(tmp_path / "mean_std.npz", mean, std, "fbank", 16000, 80)
+    loaded = load_mean_std(tmp_path / "mean_std.npz")
+    assert loaded["feature_method"] == "fbank" and (loaded["sample_rate"], loaded["n_mels"]) == (16000, 80)
+    np.testing.assert_array_equal(loaded["mean"], mean)
+    with pytest.raises(FileNotFoundError, match="run python create_data.py"):
+        load_mean_std(tmp_path / "missing.npz")

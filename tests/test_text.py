@@ -1,0 +1,71 @@
+"""Transcript normalization pairs and the vocabulary's pinned order and ids."""
+from __future__ import annotations
+
+import pytest
+
+from utils.text import BLANK_ID, UNK_ID, TextError, Vocabulary, normalize_text, text_to_tokens
+
+NORMALIZED = [
+    ("ＨＥＬＬＯ，Ｗｏｒｌｄ！", "hello world"),      # full-width letters and punctuation
+    ("Hello, World!", "hello world"),                 # punctuation becomes a space
+    ("你 好 世界", "你好世界"),                        # no spaces between CJK characters
+    ("你好，世界。", "你好世界"),
+    ("你好 world 再见", "你好 world 再见"),            # a space stays between CJK and Latin
+    ("don’t", "don't"),                               # typographic apostrophe
+    ("It's", "it's"),
+    ("Café naïve", "cafe naive"),                     # accents folded
+    ("  a \t  b  ", "a b"),                           # whitespace runs collapse
+    ("“quoted” text", "quoted text"),
+    ("ﬁne", "fine"),                                  # ligature (NFKC)
+]
+
+
+@pytest.mark.parametrize("raw,expected", NORMALIZED)
+def test_normalize_text_pairs(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("I have 3 apples", "spell numbers out as words"),
+    ("第3章", "spell numbers out as words"),
+    ("", "empty transcript"),
+    ("  !?。 ", "empty transcript"),
+    ("привет", "unsupported character"),
+])
+def test_normalize_text_errors(raw, message):
+    with pytest.raises(TextError, match=message):
+        normalize_text(raw)
+
+
+CORPUS = ["ab ba", "abc", "ca b", "bab", "c"]
+
+
+def test_vocabulary_order_and_ids_are_pinned():
+    vocab = Vocabulary.build(CORPUS)
+    # counts: b 6, a 5, c 3, <space> 2
+    assert vocab.tokens == ["<blank>", "<unk>", "b", "a", "c", "<space>"]
+    assert (vocab.token_to_id["<blank>"], vocab.token_to_id["<unk>"]) == (BLANK_ID, UNK_ID) == (0, 1)
+    assert vocab.encode("ab c") == [3, 2, 5, 4]
+    assert vocab.encode("az") == [3, UNK_ID]
+    assert vocab.decode([3, 2, 5, 4, 0, 1]) == "ab c"
+    assert vocab.unknown_chars("a zx y") == {"z", "x", "y"}
+
+
+def test_vocabulary_ties_break_by_token_and_threshold_drops_rare():
+    assert Vocabulary.build(["zy", "yx"]).tokens == ["<blank>", "<unk>", "y", "x", "z"]
+    assert Vocabulary.build(CORPUS, count_threshold=3).tokens == ["<blank>", "<unk>", "b", "a", "c"]  # <space>: 2
+    assert Vocabulary.build(CORPUS, count_threshold=7).tokens == ["<blank>", "<unk>"]
+
+
+def test_chinese_is_per_character_and_english_uses_space_token():
+    assert text_to_tokens("你好 ok") == ["你", "好", "<space>", "o", "k"]
+    assert Vocabulary.build(["你好你"]).tokens == ["<blank>", "<unk>", "你", "好"]
+
+
+def test_vocabulary_file_round_trip(tmp_path):
+    vocab = Vocabulary.build(CORPUS)
+    vocab.save(tmp_path / "vocabulary.txt")
+    assert (tmp_path / "vocabulary.txt").read_text(encoding="utf-8") == "<blank>\n<unk>\nb\na\nc\n<space>\n"
+    assert Vocabulary.load(tmp_path / "vocabulary.txt").tokens == vocab.tokens
+    with pytest.raises(FileNotFoundError, match="run python create_data.py"):
+        Vocabulary.load(tmp_path / "missing.txt")

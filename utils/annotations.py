@@ -1,0 +1,227 @@
+"""Readers for the transcript lists create_data.py accepts, one line at a time.
+
+- MASR annotation lists (`*.txt`): `path<TAB>text`; the line splits at the FIRST tab and
+  any further tabs inside the text count as spaces.
+- NeMo / PPASR manifests (`*.json`, `*.jsonl`): one JSON object per line with
+  `audio_filepath` and `text` (`duration` is read again from the audio header).
+- Mozilla DeepSpeech CSV (`*.csv`): `wav_filename,wav_filesize,transcript` with a header
+  line (without one, the columns are taken in that order).
+
+Every line becomes either a `Candidate` (text already normalized) or a `Skip` that says
+why; nothing raises for one bad line, and `SkipLog` writes the skips to skipped.txt. A
+file whose stem is `test` (`test.txt`) holds the test set.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+from utils.text import TextError, normalize_text
+
+MASR_SUFFIXES = (".txt",)  # an explicitly named file with any other suffix is read as MASR too
+JSON_SUFFIXES = (".json", ".jsonl")
+CSV_SUFFIXES = (".csv",)
+INPUT_SUFFIXES = MASR_SUFFIXES + JSON_SUFFIXES + CSV_SUFFIXES  # what a folder is scanned for
+TEST_FILE_STEM = "test"
+CSV_PATH_COLUMN = "wav_filename"
+CSV_TEXT_COLUMN = "transcript"
+CSV_DEFAULT_COLUMNS = (0, 2)  # wav_filename, transcript when the header is missing
+UTF8_BOM = "\ufeff"
+SKIPPED_NAME = "skipped.txt"
+SKIPPED_HEADER = "source\tline\treason\traw"
+
+
+class InputError(ValueError):
+    """The annotation path itself is unusable (missing, or a folder with no lists)."""
+
+
+class LineError(ValueError):
+    """One line that cannot be used; the message is the reason written to skipped.txt."""
+
+
+@dataclass(slots=True)
+class Candidate:
+    source: str  # input file
+    line_no: int
+    audio_path: str  # as written in the input
+    text: str  # normalized
+    raw: str  # the line as read, for skipped.txt
+    is_test_file: bool
+
+
+@dataclass(slots=True)
+class Skip:
+    source: str
+    line_no: int
+    reason: str
+    raw: str
+
+
+Record = Union[Candidate, Skip]
+
+
+class SkipLog:
+    """skipped.txt as TSV (source, line, reason, raw line with tabs written \\t); always rewritten."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.count = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(path.name + ".tmp")
+        self._handle = open(self._tmp, "w", encoding="utf-8")
+        self._handle.write(SKIPPED_HEADER + "\n")
+
+    def add(self, source: str, line_no: int, reason: str, raw: str) -> None:
+        reason = " ".join(reason.split())
+        raw = raw.replace("\t", "\\t").replace("\n", "\\n")
+        self._handle.write(f"{source}\t{line_no}\t{reason}\t{raw}\n")
+        self.count += 1
+
+    def __enter__(self) -> "SkipLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+        self._tmp.replace(self.path)
+
+
+def find_inputs(annotation_path: str) -> list[Path]:
+    """Input files from a file, a folder (its *.txt, *.json, *.jsonl, *.csv) or a comma-separated list."""
+    files: list[Path] = []
+    parts = [annotation_path] if Path(annotation_path).exists() else annotation_path.split(",")
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        path = Path(part)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            if not found:
+                raise InputError(f"annotation folder {path} holds no {', '.join(INPUT_SUFFIXES)} files; "
+                                 f"put MASR lists (path<TAB>text) there or pass --annotation_path=FILE")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"annotation path {path} does not exist; pass --annotation_path=FOLDER_OR_FILE "
+                             f"(MASR lists, JSON-lines manifests or DeepSpeech CSV)")
+    if not files:
+        raise InputError("annotation_path is empty; pass --annotation_path=FOLDER_OR_FILE")
+    return files
+
+
+def read_inputs(files: list[Path], to_simplified: bool = False) -> Iterator[Record]:
+    """Every line of every input file, as a Candidate or a Skip, in file and line order."""
+    for path in files:
+        parse = _parser_for(path)
+        is_test = path.stem.lower() == TEST_FILE_STEM
+        for line_no, line, raw in parse(path):
+            if isinstance(line, LineError):
+                yield Skip(str(path), line_no, str(line), raw)
+                continue
+            audio_path, text = line
+            try:
+                normalized = normalize_text(text, to_simplified)
+            except TextError as err:
+                yield Skip(str(path), line_no, f"text: {err}", raw)
+                continue
+            yield Candidate(str(path), line_no, audio_path, normalized, raw, is_test)
+
+
+ParsedLine = tuple[int, Union[tuple[str, str], LineError], str]
+
+
+def _parser_for(path: Path) -> Callable[[Path], Iterator[ParsedLine]]:
+    suffix = path.suffix.lower()
+    if suffix in JSON_SUFFIXES:
+        return _read_json_lines
+    if suffix in CSV_SUFFIXES:
+        return _read_csv
+    return _read_masr
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line_no, text or None when not UTF-8, raw text for reports); blank lines are left out."""
+    with open(path, "rb") as handle:
+        for line_no, data in enumerate(handle, 1):
+            data = data.rstrip(b"\r\n")
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError:
+                yield line_no, None, data.decode("utf-8", errors="backslashreplace")
+                continue
+            if line_no == 1:
+                line = line.removeprefix(UTF8_BOM)
+            if line.strip():
+                yield line_no, line, line
+
+
+def _not_utf8() -> LineError:
+    return LineError("not UTF-8 text; re-save the file as UTF-8")
+
+
+def _read_masr(path: Path) -> Iterator[ParsedLine]:
+    for line_no, line, raw in _decoded_lines(path):
+        if line is None:
+            yield line_no, _not_utf8(), raw
+            continue
+        audio_path, tab, text = line.partition("\t")
+        if not tab:
+            yield line_no, LineError("no tab; MASR lines are path<TAB>text"), raw
+        elif not audio_path.strip():
+            yield line_no, LineError("empty audio path"), raw
+        else:
+            yield line_no, (audio_path.strip(), text.replace("\t", " ")), raw
+
+
+def _read_json_lines(path: Path) -> Iterator[ParsedLine]:
+    for line_no, line, raw in _decoded_lines(path):
+        if line is None:
+            yield line_no, _not_utf8(), raw
+            continue
+        yield line_no, _parse_json(line), raw
+
+
+def _parse_json(line: str) -> tuple[str, str] | LineError:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        return LineError(f"not valid JSON ({err.msg}); expected one object per line")
+    if not isinstance(item, dict):
+        return LineError("not a JSON object; expected {\"audio_filepath\": ..., \"text\": ...}")
+    for key in ("audio_filepath", "text"):
+        if key not in item or item[key] is None:
+            return LineError(f"missing key '{key}'")
+    if not str(item["audio_filepath"]).strip():
+        return LineError("empty audio path")
+    return str(item["audio_filepath"]).strip(), str(item["text"])
+
+
+def _read_csv(path: Path) -> Iterator[ParsedLine]:
+    columns: tuple[int, int] | None = None
+    for line_no, line, raw in _decoded_lines(path):
+        if line is None:
+            yield line_no, _not_utf8(), raw
+            continue
+        row = next(csv.reader([line]))
+        if columns is None:
+            columns = _csv_columns(row)
+            if columns is not None:
+                continue  # the header line
+            columns = CSV_DEFAULT_COLUMNS
+        if len(row) <= max(columns):
+            yield line_no, LineError(f"{len(row)} CSV fields; expected wav_filename,wav_filesize,transcript"), raw
+        elif not row[columns[0]].strip():
+            yield line_no, LineError("empty audio path"), raw
+        else:
+            yield line_no, (row[columns[0]].strip(), row[columns[1]]), raw
+
+
+def _csv_columns(header: list[str]) -> tuple[int, int] | None:
+    """(path column, text column) when `header` is a DeepSpeech header line, else None."""
+    names = [name.strip().lower() for name in header]
+    if CSV_PATH_COLUMN in names and CSV_TEXT_COLUMN in names:
+        return names.index(CSV_PATH_COLUMN), names.index(CSV_TEXT_COLUMN)
+    return None

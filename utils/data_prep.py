@@ -1,0 +1,381 @@
+"""create_data.py's work: transcript lists in; manifests, vocabulary and mean/std out.
+
+Passes, each with a progress bar: read the lists (text normalized in this process), read
+audio headers (worker processes), convert audio at another rate or with several channels
+into 16 kHz mono files under `prep.resampled_dir`, then feature statistics on a seeded
+sample of training utterances. Audio is never held beyond one file per worker, so memory
+grows only with the manifest itself. A bad line never stops the run: it goes to
+`skipped.txt` next to the manifests with its reason; the run fails only when no training
+utterance is left.
+
+Manifest paths: as written in the input, relative to the working directory. With
+`data.data_dir`, relative inputs resolve against it and are written absolute, so the
+manifest reads the same with or without data_dir.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.pool
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, Candidate, InputError, Skip, SkipLog,
+                               find_inputs, read_inputs)
+from utils.audio import AudioError, audio_info, load_audio, save_wav
+from utils.config import Config, PrepConfig
+from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feature_dim, save_mean_std
+from utils.manifest import Utterance, resolve_audio_path, write_manifest
+from utils.text import Vocabulary
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
+STATS_CHUNK = 8  # utterances per statistics task
+MAX_TASK_CHUNK = 256  # header probes per task sent to a worker
+TASKS_PER_WORKER = 8
+SECONDS_PER_HOUR = 3600.0
+MAX_LISTED_CHARS = 10
+
+
+class DataPrepError(ValueError):
+    """create_data cannot produce usable output; the message says what to do."""
+
+
+@dataclass(slots=True)
+class Kept:
+    """A line whose text normalized and whose audio header read fine."""
+    source: str
+    line_no: int
+    raw: str
+    path: str  # where to read the audio, relative to the working directory or absolute
+    text: str
+    duration: float
+    sample_rate: int
+    channels: int
+    is_test_file: bool = False
+
+
+@dataclass
+class PrepSummary:
+    train: int = 0
+    test: int = 0
+    noise: int = 0
+    train_hours: float = 0.0
+    test_hours: float = 0.0
+    vocab_size: int = 0
+    skipped: int = 0
+    skipped_path: str = ""
+    resampled: int = 0
+    oov_test: int = 0
+    oov_chars: str = ""
+    written: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        oov = (f", {self.oov_test} test utterances with characters not in the vocabulary ({self.oov_chars})"
+               if self.oov_test else "")
+        return (f"create_data: kept {self.train} train ({self.train_hours:.2f} h) / {self.test} test "
+                f"({self.test_hours:.2f} h) utterances, {self.noise} noise clips, vocabulary {self.vocab_size} "
+                f"tokens, {self.skipped} lines skipped (see {self.skipped_path}), {self.resampled} files "
+                f"resampled{oov}; wrote {', '.join(self.written)}")
+
+
+def create_data(cfg: Config) -> PrepSummary:
+    """Write <prefix>.train/.test(/.noise), the vocabulary and mean/std; returns the counts."""
+    _check_config(cfg)
+    try:
+        files = find_inputs(cfg.prep.annotation_path)
+    except InputError as err:
+        raise DataPrepError(str(err)) from None
+    summary = PrepSummary(skipped_path=str(Path(cfg.prep.manifest_prefix).parent / SKIPPED_NAME))
+    feats = cfg.features  # build the mel matrix once here; forked workers inherit it
+    compute_features(np.zeros(feats.sample_rate // 10, np.float32), feats.feature_method, feats.sample_rate,
+                     feats.n_mels)
+    with _worker_pool(cfg.data.num_workers) as workers, SkipLog(Path(summary.skipped_path)) as skips:
+        kept = _read_and_probe(files, cfg, skips, workers)
+        train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
+        noise = _probe_noise(cfg, skips, workers)
+        (train, test, noise), summary.resampled = _convert_all([train, test, noise], cfg, skips, workers)
+        _require_train(train, summary.skipped_path)
+        mean, std, train = _feature_stats(train, cfg, skips, workers)
+        _require_train(train, summary.skipped_path)
+        summary.skipped = skips.count
+    vocab = Vocabulary.build((k.text for k in train), cfg.prep.count_threshold)
+    oov = [vocab.unknown_chars(k.text) for k in test]
+    summary.oov_test = sum(1 for chars in oov if chars)
+    summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
+    summary.written = _write_outputs(cfg, train, test, noise, vocab, mean, std)
+    summary.train, summary.test, summary.noise, summary.vocab_size = len(train), len(test), len(noise), len(vocab)
+    summary.train_hours = sum(k.duration for k in train) / SECONDS_PER_HOUR
+    summary.test_hours = sum(k.duration for k in test) / SECONDS_PER_HOUR
+    return summary
+
+
+def _check_config(cfg: Config) -> None:
+    if cfg.features.feature_method not in FEATURE_METHODS:
+        raise DataPrepError(f"features.feature_method '{cfg.features.feature_method}' is unknown; "
+                            f"use one of {FEATURE_METHODS}")
+    if not 0 <= cfg.data.min_duration <= cfg.data.max_duration:
+        raise DataPrepError(f"need 0 <= min_duration ({cfg.data.min_duration}) <= max_duration "
+                            f"({cfg.data.max_duration}); fix --min_duration/--max_duration")
+    if cfg.prep.num_samples == 0 or cfg.prep.num_samples < -1:
+        raise DataPrepError(f"num_samples is {cfg.prep.num_samples}; use -1 (all) or a positive count")
+    if cfg.prep.test_every < 0 or cfg.prep.max_test < 0:
+        raise DataPrepError("prep.test_every and prep.max_test must be >= 0 (0 turns the split off)")
+
+
+def _require_train(train: list[Kept], skipped_path: str) -> None:
+    if not train:
+        raise DataPrepError(f"no usable training utterance is left; every line was skipped or went to the "
+                            f"test set. See {skipped_path} for the reason of each skipped line")
+
+
+@dataclass
+class Workers:
+    pool: Optional[multiprocessing.pool.Pool]  # None: work in this process
+    count: int
+
+
+@contextlib.contextmanager
+def _worker_pool(count: int) -> Iterator[Workers]:
+    """A fork pool started before any list is read (so workers stay small), or in-process work."""
+    if count <= 1:
+        yield Workers(None, 1)
+        return
+    with multiprocessing.get_context("fork").Pool(count) as pool:
+        yield Workers(pool, count)
+
+
+def _pmap(workers: Workers, func: Callable, items: list, desc: str, unit: str = "utt",
+          chunksize: int = 0, weights: Optional[list[int]] = None) -> Iterator:
+    """Ordered map over items, in the pool when there is one, with a progress bar."""
+    if workers.pool is None:
+        results = map(func, items)
+    else:
+        chunksize = chunksize or max(1, min(MAX_TASK_CHUNK, len(items) // (workers.count * TASKS_PER_WORKER)))
+        results = workers.pool.imap(func, items, chunksize)
+    total = sum(weights) if weights is not None else len(items)
+    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
+        for index, result in enumerate(results):
+            bar.update(weights[index] if weights is not None else 1)
+            yield result
+
+
+def _audio_reason(err: AudioError, path: str) -> str:
+    """'audio: file not found' from 'some/path.wav: file not found'."""
+    message = str(err)
+    for prefix in (f"{path}: ", f"{Path(path)}: "):
+        message = message.removeprefix(prefix)
+    return f"audio: {message}"
+
+
+def _probe_one(path: str) -> tuple[int, int, float] | str:
+    """(sample_rate, channels, duration) from the header, or the reason it cannot be used."""
+    try:
+        return audio_info(path)
+    except AudioError as err:
+        return _audio_reason(err, path)
+
+
+def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Workers) -> list[Kept]:
+    candidates: list[Candidate] = []
+    for record in tqdm(read_inputs(files, cfg.prep.to_simplified), desc="read lists", unit="line",
+                       dynamic_ncols=True):
+        if isinstance(record, Skip):
+            skips.add(record.source, record.line_no, record.reason, record.raw)
+        else:
+            candidates.append(record)
+    paths = [resolve_audio_path(c.audio_path, cfg.data.data_dir) for c in candidates]
+    kept = []
+    for cand, path, info in zip(candidates, paths, _pmap(workers, _probe_one, paths, "audio headers")):
+        if isinstance(info, str):
+            skips.add(cand.source, cand.line_no, info, cand.raw)
+            continue
+        rate, channels, duration = info
+        if not cfg.data.min_duration <= duration <= cfg.data.max_duration:
+            skips.add(cand.source, cand.line_no, f"duration {duration:.2f} s outside [{cfg.data.min_duration}, "
+                      f"{cfg.data.max_duration}] (min_duration/max_duration)", cand.raw)
+            continue
+        kept.append(Kept(cand.source, cand.line_no, cand.raw, path, cand.text, duration, rate, channels,
+                         cand.is_test_file))
+    return kept
+
+
+def _split(kept: list[Kept], prep: PrepConfig, has_test_file: bool) -> tuple[list[Kept], list[Kept]]:
+    """A test.txt input is the test set; else every test_every-th kept line, at most max_test of them."""
+    train: list[Kept] = []
+    test: list[Kept] = []
+    for index, item in enumerate(kept):
+        if has_test_file:
+            to_test = item.is_test_file
+        else:
+            to_test = prep.test_every > 0 and index % prep.test_every == 0 and len(test) < prep.max_test
+        (test if to_test else train).append(item)
+    return train, test
+
+
+def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> list[Kept]:
+    """Every audio file under prep.noise_dir (text ''), except converted copies under resampled_dir."""
+    noise_dir = Path(cfg.prep.noise_dir)
+    if not noise_dir.is_dir():
+        return []
+    resampled = Path(cfg.prep.resampled_dir).resolve()
+    paths = sorted(str(p) for p in noise_dir.rglob("*")
+                   if p.suffix.lower() in AUDIO_SUFFIXES and resampled not in p.resolve().parents)
+    noise = []
+    for path, info in zip(paths, _pmap(workers, _probe_one, paths, "noise headers", unit="file")):
+        if isinstance(info, str):
+            skips.add(str(noise_dir), 0, info, path)
+        else:
+            noise.append(Kept(str(noise_dir), 0, path, path, "", info[2], info[0], info[1]))
+    return noise
+
+
+def mirror_path(source: str, resampled_dir: str) -> Path:
+    """Where the 16 kHz mono copy of `source` goes: its path mirrored under resampled_dir, ending .wav."""
+    relative = os.path.normpath(source)
+    if os.path.isabs(relative) or relative.split(os.sep)[0] == os.pardir:
+        absolute = Path(os.path.abspath(source))
+        relative = str(absolute.relative_to(absolute.anchor))
+    name = relative if relative.lower().endswith(".wav") else relative + ".wav"
+    return Path(resampled_dir) / name
+
+
+def _fresh_copy_duration(src: str, dst: str, rate: int) -> Optional[float]:
+    """Duration of an earlier conversion of src that is newer than src and in the right format, else None."""
+    try:
+        if os.path.getmtime(dst) < os.path.getmtime(src):
+            return None
+        info = soundfile.info(dst)
+    except (OSError, RuntimeError):  # no copy yet, or an unreadable one: convert again
+        return None
+    usable = info.samplerate == rate and info.channels == 1 and info.frames > 0
+    return info.frames / rate if usable else None
+
+
+def _convert_one(job: tuple[str, str, int]) -> float | str:
+    """Convert src into a new mono wav at `rate` (reusing a fresh earlier copy); duration or reason."""
+    src, dst, rate = job
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return f"audio: converting would overwrite the original {src}; set prep.resampled_dir elsewhere"
+    duration = _fresh_copy_duration(src, dst, rate)
+    if duration is not None:
+        return duration
+    try:
+        samples = load_audio(src, rate)  # [N] mono at rate
+    except AudioError as err:
+        return _audio_reason(err, src)
+    try:
+        save_wav(dst, samples, rate)
+    except (OSError, RuntimeError) as err:
+        raise DataPrepError(f"cannot write {dst} ({err}); make prep.resampled_dir writable and give it space") \
+            from None
+    return len(samples) / rate
+
+
+def _convert_all(groups: list[list[Kept]], cfg: Config, skips: SkipLog, workers: Workers) -> tuple[list[list[Kept]], int]:
+    """Convert each distinct file at another rate or with several channels once; drop failures."""
+    rate = cfg.features.sample_rate
+    jobs: dict[str, str] = {}
+    for item in (k for group in groups for k in group):
+        if item.sample_rate != rate or item.channels != 1:
+            jobs.setdefault(item.path, str(mirror_path(item.path, cfg.prep.resampled_dir)))
+    if not jobs:
+        return groups, 0
+    tasks = [(src, dst, rate) for src, dst in jobs.items()]
+    results = dict(zip(jobs, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1)))
+    converted = []
+    for group in groups:
+        kept = []
+        for item in group:
+            result = results.get(item.path)
+            if isinstance(result, str):
+                skips.add(item.source, item.line_no, result, item.raw)
+                continue
+            if result is not None:
+                item.path, item.duration, item.sample_rate, item.channels = jobs[item.path], result, rate, 1
+            kept.append(item)
+        converted.append(kept)
+    return converted, len(jobs)
+
+
+def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[FeatureStats, list[tuple[int, str]]]:
+    """Feature sums over a few files (numpy only); failures come back as (index, reason)."""
+    items, method, rate, n_mels = job
+    stats = FeatureStats(feature_dim(method, rate, n_mels))
+    failures = []
+    for index, path in items:
+        try:
+            samples = load_audio(path, rate)
+        except AudioError as err:
+            failures.append((index, _audio_reason(err, path)))
+            continue
+        stats.add(compute_features(samples, method, rate, n_mels))  # feats [T, D]
+    return stats, failures
+
+
+def _feature_stats(train: list[Kept], cfg: Config, skips: SkipLog, workers: Workers) -> tuple[np.ndarray, np.ndarray, list]:
+    """mean/std [D] over a seeded sample of num_samples training utterances (-1: all of them).
+
+    Utterances whose audio fails to decode here leave the training set (and go to skipped.txt).
+    """
+    count = len(train) if cfg.prep.num_samples < 0 else min(cfg.prep.num_samples, len(train))
+    sample = sorted(random.Random(cfg.train.seed).sample(range(len(train)), count))
+    chunks = [sample[i:i + STATS_CHUNK] for i in range(0, len(sample), STATS_CHUNK)]
+    feats = cfg.features
+    tasks = [([(i, train[i].path) for i in chunk], feats.feature_method, feats.sample_rate, feats.n_mels)
+             for chunk in chunks]
+    total = FeatureStats(feature_dim(feats.feature_method, feats.sample_rate, feats.n_mels))
+    failed: set[int] = set()
+    for stats, failures in _pmap(workers, _stats_chunk, tasks, "mean/std", chunksize=1,
+                                 weights=[len(c) for c in chunks]):
+        total.merge(stats)
+        for index, reason in failures:
+            item = train[index]
+            skips.add(item.source, item.line_no, reason, item.raw)
+            failed.add(index)
+    train = [item for i, item in enumerate(train) if i not in failed]
+    if total.frames == 0:
+        raise DataPrepError("the sampled training audio gave no feature frames (all shorter than one window); "
+                            "raise --min_duration or check the audio")
+    mean, std = total.mean_std()
+    return mean, std, train
+
+
+def _manifest_path(path: str, data_dir: Optional[str]) -> str:
+    """The path as written: unchanged, or absolute when data_dir is set (reads with or without it)."""
+    return os.path.abspath(path) if data_dir and not os.path.isabs(path) else path
+
+
+def _utterances(items: Iterable[Kept], data_dir: Optional[str], by_duration: bool = True) -> list[Utterance]:
+    utts = [Utterance(_manifest_path(k.path, data_dir), k.duration, k.text) for k in items]
+    return sorted(utts, key=lambda u: u.duration) if by_duration else utts
+
+
+def _write_outputs(cfg: Config, train: list[Kept], test: list[Kept], noise: list[Kept],
+                   vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> list[str]:
+    prefix, data_dir = cfg.prep.manifest_prefix, cfg.data.data_dir
+    written = [f"{prefix}.train", f"{prefix}.test"]
+    write_manifest(written[0], _utterances(train, data_dir))
+    write_manifest(written[1], _utterances(test, data_dir))
+    if noise:
+        written.append(f"{prefix}.noise")
+        write_manifest(written[-1], _utterances(noise, data_dir, by_duration=False))
+    vocab_path = Path(cfg.data.dataset_vocab)
+    vocab_path.parent.mkdir(parents=True, exist_ok=True)
+    vocab_tmp = vocab_path.with_name(vocab_path.name + ".tmp")
+    vocab.save(vocab_tmp)
+    vocab_tmp.replace(vocab_path)
+    mean_std_path = Path(cfg.data.mean_std_path)
+    mean_std_path.parent.mkdir(parents=True, exist_ok=True)
+    mean_std_tmp = mean_std_path.with_name(mean_std_path.name + ".tmp")
+    with open(mean_std_tmp, "wb") as handle:
+        feats = cfg.features
+        save_mean_std(handle, mean, std, feats.feature_method, feats.sample_rate, feats.n_mels)
+    mean_std_tmp.replace(mean_std_path)
+    return written + [str(vocab_path), str(mean_std_path)]
