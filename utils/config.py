@@ -117,7 +117,6 @@ class PrepConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = _key(16, "utterances per forward pass")
     result_path: Optional[str] = _key(None, "per-utterance results file (default: next to the model)")
 
 
@@ -130,6 +129,14 @@ class InferConfig:
 
 
 @dataclass
+class TuneConfig:
+    alphas: list = _key([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "language model weights tried by tools/tune.py")
+    betas: list = _key([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "word insertion bonuses tried by tools/tune.py")
+    heatmap_path: Optional[str] = _key(None, "heat map PNG (default: next to the model folder)")
+    num_utterances: int = _key(0, "tune on the first N utterances of the manifest (0: all)")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -139,6 +146,7 @@ class Config:
     prep: PrepConfig = field(default_factory=PrepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 class ConfigError(ValueError):
@@ -248,26 +256,38 @@ def _help_epilog() -> str:
 
 
 def parse_args(description: str, default_config: str | None, argv: list[str] | None = None,
-               defaults: dict[str, Any] | None = None, aliases: dict[str, str] | None = None) -> Config:
+               defaults: dict[str, Any] | None = None, aliases: dict[str, str] | None = None,
+               base_config=None) -> Config:
     """Build the effective config: defaults, `defaults` (per script), --configs YAML, then CLI keys.
 
     `aliases` maps a script's command-line name to a dotted key (eval.py's --resume_model).
+    `base_config(cfg) -> Config | None` may supply the starting point instead of the defaults
+    (eval.py and infer.py start from the config saved with the model); the YAML and the
+    command line are applied on top of it again.
     """
     parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=default_config, help="YAML config file")
     parser.add_argument("--print_config", action="store_true", help="print the effective config and exit")
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg = Config()
-    for dotted, value in (defaults or {}).items():
-        set_key(cfg, dotted, value, "script default")
-    if known.configs:
-        load_yaml(cfg, known.configs)
-    for dotted, value in _cli_pairs(rest):
-        set_key(cfg, (aliases or {}).get(dotted, dotted), value, "command line")
+    pairs = [((aliases or {}).get(k, k), v) for k, v in _cli_pairs(rest)]
+    cfg = _build(Config(), defaults, known.configs, pairs)
+    base = base_config(cfg) if base_config else None
+    if base is not None:
+        cfg = _build(base, defaults, known.configs, pairs)
     if known.print_config:
         print(to_yaml(cfg), end="")
         sys.exit(0)
+    return cfg
+
+
+def _build(cfg: Config, defaults: dict | None, yaml_path: str | None, pairs: list) -> Config:
+    for dotted, value in (defaults or {}).items():
+        set_key(cfg, dotted, value, "script default")
+    if yaml_path:
+        load_yaml(cfg, yaml_path)
+    for dotted, value in pairs:
+        set_key(cfg, dotted, value, "command line")
     return cfg
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,7 @@ import paddle.nn.functional as F
 from utils.data import SpeechDataset, collate
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
-from utils.text import BLANK_ID, Vocabulary
+from utils.text import BLANK_ID
 
 
 @dataclass
@@ -49,35 +50,106 @@ def ctc_loss_per_utterance(logits, out_lens, labels, label_lens) -> paddle.Tenso
                       reduction="none").reshape([-1])
 
 
-@paddle.no_grad()
-def forward_batches(model: paddle.nn.Layer, loader: paddle.io.DataLoader):
-    """Yield (log_probs [B, T', V] float32 numpy, out_lens [B], indices [B], loss_sum) per batch."""
-    model.eval()
-    for feats, feat_lens, labels, label_lens, indices in loader:
+def model_forward(model: paddle.nn.Layer):
+    """A forward function for `evaluate` from a dynamic-graph model; it also computes the CTC loss."""
+    @paddle.no_grad()
+    def forward(feats, feat_lens, labels, label_lens):
+        model.eval()
         logits, out_lens = model(feats, feat_lens)
         loss = ctc_loss_per_utterance(logits, out_lens, labels, label_lens)
-        log_probs = F.log_softmax(logits, axis=-1)
-        yield log_probs.numpy(), out_lens.numpy(), np.asarray(indices), float(loss.sum())
+        return F.log_softmax(logits, axis=-1).numpy(), out_lens.numpy(), float(loss.sum())
+    return forward
 
 
-def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, vocabulary: Vocabulary,
-             metric: str, decode_fn, progress: bool = False) -> EvalResult:
-    """Decode every batch with decode_fn(log_probs, out_lens) -> list[str] and score it."""
+def runner_forward(runner):
+    """A forward function for `evaluate` from an inference runner (no loss: reported as nan)."""
+    def forward(feats, feat_lens, labels, label_lens):
+        log_probs, out_lens = runner(np.asarray(feats), np.asarray(feat_lens))
+        return log_probs, out_lens, float("nan")
+    return forward
+
+
+def evaluate(forward, loader: paddle.io.DataLoader, metric: str, decode_fn, progress: bool = False) -> EvalResult:
+    """forward(feats, feat_lens, labels, label_lens) -> (log_probs [B, T', V], out_lens [B], loss_sum);
+    decode_fn(log_probs, out_lens) -> list[str]. Scores every utterance of loader.dataset."""
     from tqdm import tqdm
 
     utterances = loader.dataset.utterances
-    counter = ErrorCounter(metric)
     hyps: dict[int, str] = {}
     loss_total, start = 0.0, time.perf_counter()
-    batches = forward_batches(model, loader)
-    for log_probs, out_lens, indices, loss_sum in tqdm(batches, total=len(loader), desc="evaluate",
-                                                        disable=not progress, leave=False):
+    for feats, feat_lens, labels, label_lens, indices in tqdm(loader, desc="evaluate", disable=not progress,
+                                                              leave=False):
+        log_probs, out_lens, loss_sum = forward(feats, feat_lens, labels, label_lens)
         loss_total += loss_sum
-        for index, text in zip(indices, decode_fn(log_probs, out_lens)):
+        for index, text in zip(np.asarray(indices), decode_fn(log_probs, out_lens)):
             hyps[int(index)] = text
     wall = time.perf_counter() - start
+    counter = ErrorCounter(metric)
     refs = [u.text for u in utterances]
     ordered = [hyps[i] for i in range(len(utterances))]
     per_utt = counter.update_batch(refs, ordered)
     return EvalResult(loss_total / max(1, len(utterances)), counter.corpus_rate, counter.mean_rate, metric,
                       refs, ordered, [e.edits for e in per_utt], sum(u.duration for u in utterances), wall)
+
+
+def make_decode_fn(decoder: str, decode_cfg, vocabulary_tokens: list[str]):
+    """decode_fn(log_probs [B, T', V], out_lens [B]) -> texts, for ctc_greedy or ctc_beam_search.
+
+    Beam search loads the KenLM scorer once, here; a missing decoder package or LM file is
+    an error that says how to get it (never a silent switch to greedy).
+    """
+    from utils.decoders import DECODER_NAMES, decode, load_scorer
+
+    if decoder not in DECODER_NAMES:
+        raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODER_NAMES)}")
+    scorer = None
+    if decoder == "ctc_beam_search" and decode_cfg.lang_model_path:
+        scorer = load_scorer(decode_cfg.lang_model_path, decode_cfg.alpha, decode_cfg.beta, vocabulary_tokens)
+
+    def decode_fn(log_probs, out_lens):
+        return decode(decoder, log_probs, out_lens, vocabulary_tokens, beam_size=decode_cfg.beam_size,
+                      cutoff_prob=decode_cfg.cutoff_prob, cutoff_top_n=decode_cfg.cutoff_top_n,
+                      num_processes=decode_cfg.num_proc_bsearch, scorer=scorer)
+    return decode_fn
+
+
+def write_results(path: Path, result: EvalResult, utterances) -> None:
+    """Per-utterance TSV: audio path, reference, hypothesis, edits, reference length."""
+    from utils.metrics import utterance_errors
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("audio_filepath\treference\thypothesis\tedits\tref_len\n")
+        for utt, ref, hyp in zip(utterances, result.references, result.hypotheses):
+            errors = utterance_errors(ref, hyp, result.metric)
+            handle.write(f"{utt.audio_filepath}\t{ref}\t{hyp}\t{errors.edits}\t{errors.ref_len}\n")
+
+
+def run_eval(cfg, model_folder: Path) -> str:
+    """Evaluate a model folder on cfg.data.test_manifest; returns the summary line (with cer= or wer=)."""
+    from utils.inference import load_runner
+    from utils.manifest import read_manifest
+    from utils.metrics import ErrorCounter
+
+    runner = load_runner(model_folder)
+    f = runner.cfg.features
+    utterances = read_manifest(cfg.data.test_manifest, cfg.data.data_dir)
+    if not utterances:
+        raise ValueError(f"{cfg.data.test_manifest} holds no utterances")
+    dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
+    loader = make_eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers)
+    decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
+    result = evaluate(runner_forward(runner), loader, cfg.train.metrics_type, decode_fn, progress=True)
+    other = "wer" if result.metric == "cer" else "cer"
+    other_counter = ErrorCounter(other)
+    other_counter.update_batch(result.references, result.hypotheses)
+    results_path = Path(cfg.eval.result_path or model_folder.parent / f"eval_{model_folder.name}_{cfg.decode.decoder}.tsv")
+    write_results(results_path, result, utterances)
+    for ref, hyp in list(zip(result.references, result.hypotheses))[:3]:
+        print(f"  ref: {ref}\n  hyp: {hyp}")
+    print(f"{other_counter.summary()}")
+    print(f"mean per-utterance {result.metric}: {result.mean_error_rate:.4f}; real-time factor "
+          f"{result.real_time_factor:.4f} ({result.audio_seconds:.0f} s of audio in {result.wall_seconds:.1f} s); "
+          f"results in {results_path}")
+    return (f"{result.metric}={result.error_rate:.6f} {other}={other_counter.corpus_rate:.6f} "
+            f"decoder={cfg.decode.decoder} utterances={len(utterances)} model={model_folder}")

@@ -18,11 +18,10 @@ import paddle
 
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState, copy_checkpoint,
-                              is_complete, load_state, recover, save_checkpoint)
+                              finish_epoch_end, is_complete, load_state, recover, remove_checkpoint, save_checkpoint)
 from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, make_loader, padding_waste
-from utils.decoders import greedy_decode
-from utils.evaluate import ctc_loss_per_utterance, evaluate, make_eval_loader
+from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
 from utils.manifest import read_manifest
 from utils.model import build_model, count_parameters
@@ -64,7 +63,11 @@ def build_optimizer(cfg: Config, model: paddle.nn.Layer):
 
 
 def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
-    """Load weights whose name and shape match; returns the names left as initialised."""
+    """Load weights whose name and shape match; returns the names left as initialised.
+
+    The normalizer buffers (feat_mean, feat_istd) always come from this dataset's
+    mean_std, not from the pretrained model; they are not listed as skipped.
+    """
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
         raise TrainingError(f"--pretrained_model {folder} has no {MODEL_FILE}; pass a model folder")
@@ -73,7 +76,7 @@ def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
     matching = {k: v for k, v in loaded.items() if k in own and k not in keep_own
                 and list(v.shape) == list(own[k].shape)}
     model.set_state_dict(matching)
-    return sorted(k for k in own if k not in matching)
+    return sorted(k for k in own if k not in matching and k not in keep_own)
 
 
 def _scaler_state(scaler) -> dict:
@@ -169,7 +172,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 loader=make_loader(train_set, sampler, 0 if t.deterministic else cfg.data.num_workers),
                 test_loader=make_eval_loader(test_set, t.batch_size, cfg.data.num_workers), log=log,
-                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model)
+                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None)
 
 
 def _start_from(run: _Run) -> None:
@@ -197,9 +200,7 @@ def _prune_epochs(run: _Run) -> None:
     epochs = sorted((p for p in run.model_root.glob("epoch_*") if p.name[6:].isdigit()),
                     key=lambda p: int(p.name[6:]))
     for old in epochs[:-run.cfg.train.keep_last] if run.cfg.train.keep_last > 0 else []:
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(old)
 
 
 def _train_step(run: _Run, batch, micro_step: int) -> float | None:
@@ -213,7 +214,7 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
         logits, out_lens = run.parallel(feats, feat_lens)
     loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens).sum() / feats.shape[0]
     loss_value = float(loss)
-    if not math.isfinite(loss_value):
+    if not _finite_on_all_ranks(run, loss_value):
         run.optimizer.clear_grad()
         run.nan_in_row += 1
         run.state.nan_skipped += 1
@@ -235,6 +236,17 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
         run.optimizer.clear_grad()
         run.state.step += 1
     return loss_value
+
+
+def _finite_on_all_ranks(run: _Run, loss_value: float) -> bool:
+    """True when every rank's loss is finite. All ranks must skip a batch together: a rank that
+    skipped its backward alone would pair its next gradient all-reduce with the others' current one."""
+    finite = math.isfinite(loss_value)
+    if run.world_size == 1:
+        return finite
+    flag = paddle.to_tensor([0.0 if finite else 1.0], dtype="float32")
+    paddle.distributed.all_reduce(flag)
+    return float(flag) == 0.0
 
 
 def _log_progress(run: _Run, batch_no: int, num_batches: int, losses: list, timing: dict) -> None:
@@ -281,15 +293,16 @@ def _run_epoch(run: _Run) -> bool:
         if t.max_steps and run.state.step >= t.max_steps:
             return False
         tick = time.perf_counter()
+    run.optimizer.clear_grad()  # drop an unfinished accum_grad window, as a resumed run would not have it
     return True
 
 
 def _end_epoch(run: _Run) -> None:
     """Evaluate on the test set, then save epoch_N, last_model and (if better) best_model."""
     t, state = run.cfg.train, run.state
-    vocab = run.vocabulary.tokens
-    result = evaluate(run.model, run.test_loader, run.vocabulary, t.metrics_type,
-                      lambda log_probs, out_lens: greedy_decode(log_probs, out_lens, vocab))
+    if run.decode_fn is None:
+        run.decode_fn = make_decode_fn(t.eval_decoder, run.cfg.decode, run.vocabulary.tokens)
+    result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
     run.model.train()
     improved = state.best_metric is None or result.error_rate < state.best_metric
     if improved:
@@ -319,11 +332,10 @@ def train(cfg: Config) -> str:
     rank, world_size = init_distributed()
     model_root = Path(cfg.train.save_model_path) / cfg.train.use_model
     if rank == 0:
-        model_root.mkdir(parents=True, exist_ok=True)
-        print_config(cfg, "train.py")
+        print_config(cfg, "train.py")  # FolderLock makes model_root
     lock = FolderLock(model_root) if rank == 0 else None
     with lock or _NoLock():
-        notes = recover(model_root) if rank == 0 else []
+        notes = recover(model_root) + finish_epoch_end(model_root) if rank == 0 else []
         run = _setup(cfg, rank, world_size, model_root)
         for note in notes:
             run.log.info(note)
@@ -342,7 +354,7 @@ def _loop(run: _Run) -> str:
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     run.model.train()
     try:
-        while run.state.epoch < t.num_epoch:
+        while run.state.epoch < t.num_epoch and not (t.max_steps and run.state.step >= t.max_steps):
             finished = _run_epoch(run)
             if run.rank == 0 and finished:
                 _end_epoch(run)

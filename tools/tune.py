@@ -1,0 +1,66 @@
+"""Tune the beam search's alpha (LM weight) and beta (word bonus) for a model and an LM.
+
+python tools/tune.py --resume_model models/demo_en/best_model --test_manifest dataset/manifest.dev \
+    --lang_model_path lm/demo_en.arpa --alphas "[0.5,1,1.5,2]" --betas "[0,1,2,3]"
+
+The acoustic model runs once over the manifest; every (alpha, beta) point then only
+re-runs the beam search. Tune on a dev set, not on the test set you report.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.config import ConfigError, parse_args, print_config  # noqa: E402
+
+
+def model_folder(cfg) -> Path:
+    from utils.inference import default_model_folder
+
+    return Path(cfg.train.resume_model) if cfg.train.resume_model else default_model_folder(cfg)
+
+
+def tune(cfg, folder: Path) -> str:
+    import numpy as np
+
+    from utils.data import SpeechDataset
+    from utils.evaluate import make_eval_loader, runner_forward
+    from utils.inference import load_runner
+    from utils.manifest import read_manifest
+    from utils.tuning import grid_search_alpha_beta, save_heatmap
+
+    runner = load_runner(folder)
+    f = runner.cfg.features
+    utterances = read_manifest(cfg.data.test_manifest, cfg.data.data_dir)
+    utterances = utterances[:cfg.tune.num_utterances] if cfg.tune.num_utterances > 0 else utterances
+    dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
+    forward, probs = runner_forward(runner), {}
+    for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size, 0):
+        log_probs, out_lens, _ = forward(feats, feat_lens, labels, label_lens)
+        for row, index in enumerate(np.asarray(indices)):
+            probs[int(index)] = np.exp(log_probs[row, :out_lens[row]])
+    alpha, beta, error, grid = grid_search_alpha_beta(
+        [probs[i] for i in range(len(utterances))], [u.text for u in utterances], runner.vocabulary.tokens,
+        cfg.decode.lang_model_path, cfg.tune.alphas, cfg.tune.betas, cfg.decode.beam_size,
+        cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n, cfg.decode.num_proc_bsearch, cfg.train.metrics_type)
+    heatmap = Path(cfg.tune.heatmap_path or folder.parent / f"tune_{folder.name}.png")
+    save_heatmap(grid, cfg.tune.alphas, cfg.tune.betas, str(heatmap), cfg.train.metrics_type)
+    return (f"best alpha={alpha:g} beta={beta:g} {cfg.train.metrics_type}={error:.6f} on {len(utterances)} "
+            f"utterances of {cfg.data.test_manifest}; heat map {heatmap}; use --alpha={alpha:g} --beta={beta:g}")
+
+
+def main() -> int:
+    from utils.inference import folder_config
+
+    try:
+        cfg = parse_args(__doc__, default_config=None, base_config=lambda c: folder_config(model_folder(c)))
+        print_config(cfg, "tune.py")
+        print(tune(cfg, model_folder(cfg)), flush=True)
+    except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

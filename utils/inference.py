@@ -1,0 +1,136 @@
+"""Load a trained model for decoding: a checkpoint folder (dynamic graph) or an exported one
+(Paddle Inference predictor). Both give log_probs [B, T', V] for feats [B, T, D].
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from utils.checkpoint import (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE, VOCAB_FILE, check_model_folder,
+                              load_config)
+from utils.config import Config, save_config
+from utils.features import feature_dim, load_mean_std
+from utils.model import build_model
+from utils.text import Vocabulary
+
+EXPORT_PREFIX = "model"  # paddle.jit.save writes model.json (Paddle 3) or model.pdmodel (2.x) + model.pdiparams
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def is_exported(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / f"{EXPORT_PREFIX}.pdiparams").is_file() and (folder / CONFIG_FILE).is_file()
+
+
+def default_model_folder(cfg: Config) -> Path:
+    """models/<use_model>/infer when exported, else models/<use_model>/best_model."""
+    root = Path(cfg.train.save_model_path) / cfg.train.use_model
+    return root / "infer" if is_exported(root / "infer") else root / "best_model"
+
+
+def folder_config(folder: str | Path) -> Config | None:
+    """The config saved with a model folder, or None when the folder does not exist."""
+    folder = Path(folder)
+    return load_config(folder) if (folder / CONFIG_FILE).is_file() else None
+
+
+def load_checkpoint_model(folder: str | Path) -> tuple[paddle.nn.Layer, Config, Vocabulary]:
+    """(model in eval mode, its config, its vocabulary) from a model folder."""
+    folder = check_model_folder(folder)
+    cfg = load_config(folder)
+    vocabulary = Vocabulary.load(folder / VOCAB_FILE)
+    dim = feature_dim(cfg.features.feature_method, cfg.features.sample_rate, cfg.features.n_mels)
+    model = build_model(cfg.model, dim, len(vocabulary))
+    model.set_state_dict(paddle.load(str(folder / MODEL_FILE)))
+    model.eval()
+    return model, cfg, vocabulary
+
+
+class CheckpointRunner:
+    """log_probs from the dynamic-graph model."""
+
+    def __init__(self, folder: str | Path):
+        self.model, self.cfg, self.vocabulary = load_checkpoint_model(folder)
+
+    @paddle.no_grad()
+    def __call__(self, feats: np.ndarray, feat_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, out_lens = self.model(paddle.to_tensor(feats), paddle.to_tensor(feat_lens))
+        return F.log_softmax(logits, axis=-1).numpy(), out_lens.numpy()
+
+
+class ExportedRunner:
+    """log_probs from the exported static model through a Paddle Inference predictor."""
+
+    def __init__(self, folder: str | Path, num_threads: int = 0):
+        from paddle import inference
+
+        folder = Path(folder)
+        self.cfg = load_config(folder)
+        self.vocabulary = Vocabulary.load(folder / VOCAB_FILE)
+        program = next((folder / f"{EXPORT_PREFIX}{ext}" for ext in (".json", ".pdmodel")
+                        if (folder / f"{EXPORT_PREFIX}{ext}").is_file()), None)
+        if program is None:
+            raise ModelLoadError(f"{folder} holds no {EXPORT_PREFIX}.json or {EXPORT_PREFIX}.pdmodel; "
+                                 f"export again with python tools/export_model.py")
+        config = inference.Config(str(program), str(folder / f"{EXPORT_PREFIX}.pdiparams"))
+        config.disable_glog_info()
+        if num_threads:
+            config.set_cpu_math_library_num_threads(num_threads)
+        self.predictor = inference.create_predictor(config)
+
+    def __call__(self, feats: np.ndarray, feat_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        names = self.predictor.get_input_names()
+        for name, value in zip(names, (feats.astype(np.float32), feat_lens.astype(np.int64))):
+            handle = self.predictor.get_input_handle(name)
+            handle.reshape(value.shape)
+            handle.copy_from_cpu(value)
+        self.predictor.run()
+        outputs = [self.predictor.get_output_handle(n).copy_to_cpu() for n in self.predictor.get_output_names()]
+        return outputs[0], outputs[1]
+
+
+def load_runner(folder: str | Path):
+    """An ExportedRunner for an exported folder, else a CheckpointRunner."""
+    return ExportedRunner(folder) if is_exported(folder) else CheckpointRunner(folder)
+
+
+class _LogProbModel(paddle.nn.Layer):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats, feat_lens):
+        logits, out_lens = self.model(feats, feat_lens)
+        return F.log_softmax(logits, axis=-1), out_lens
+
+
+def export_model(folder: str | Path, out_dir: str | Path) -> Path:
+    """paddle.jit.save the model (normalizer inside, log_softmax on top) with its config and vocabulary."""
+    folder, out_dir = Path(folder), Path(out_dir)
+    model, cfg, _ = load_checkpoint_model(folder)
+    dim = model.feat_dim
+    specs = [paddle.static.InputSpec([None, None, dim], "float32", "feats"),
+             paddle.static.InputSpec([None], "int64", "feat_lens")]
+    tmp = out_dir.with_name(".tmp-" + out_dir.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    static = paddle.jit.to_static(_LogProbModel(model), input_spec=specs, full_graph=True)
+    paddle.jit.save(static, str(tmp / EXPORT_PREFIX))
+    for name in (VOCAB_FILE, NORMALIZER_FILE):
+        shutil.copyfile(folder / name, tmp / name)
+    save_config(cfg, tmp / CONFIG_FILE)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def check_normalizer(folder: str | Path) -> dict:
+    return load_mean_std(Path(folder) / NORMALIZER_FILE)
