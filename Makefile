@@ -1,0 +1,48 @@
+# make demo   - set up .venv, build the embedded demo corpus, create_data, train, LM, eval, infer
+# make test   - set up .venv, run the whole test suite
+# make bench  - run the benchmarks, write bench/report.json
+# Variables: PYTHON (a Python 3.10), PADDLE (paddlepaddle | paddlepaddle-gpu | a pip spec),
+#            DEMO_LANG (en | zh), PYTEST_ARGS.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell scripts/find_python310.sh)
+PADDLE ?= $(shell if nvidia-smi >/dev/null 2>&1; then echo paddlepaddle-gpu; else echo paddlepaddle; fi)
+PADDLE_RANGE ?= >=2.6,<4
+DEMO_LANG ?= en
+PYTEST_ARGS ?=
+DEMO_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh
+TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh chromium
+
+.PHONY: setup demo test bench lm clean-demo system-deps-demo system-deps-test
+
+setup: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON)" || { echo "error: no Python 3.10 (see the message above)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(PADDLE)$(PADDLE_RANGE)" -r requirements.txt -r requirements-dev.txt
+	$(PY) -c "import paddle, paddlespeech_ctcdecoders, visualdl, soundfile; print('setup: paddle', paddle.__version__, 'ready in $(VENV)')"
+	@touch $@
+
+system-deps-demo:
+	@scripts/apt_need.sh $(DEMO_APT)
+
+system-deps-test:
+	@scripts/apt_need.sh $(TEST_APT)
+
+demo: setup system-deps-demo
+	$(PY) tools/run_demo.py --lang $(DEMO_LANG)
+
+test: setup system-deps-test
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: setup system-deps-demo
+	$(PY) tools/bench_all.py --out bench/report.json
+
+lm: setup
+	$(PY) tools/build_lm.py --text dataset/lm_text_$(DEMO_LANG).txt --exclude dataset/annotation/test.txt --name demo_$(DEMO_LANG)
+
+clean-demo:
+	rm -rf dataset/audio/demo_* dataset/annotation dataset/manifest.* dataset/vocabulary.txt dataset/mean_std.npz models/demo_* log/demo_* lm/demo_*
