@@ -27,3 +27,8 @@ def _default_threads() -> int:
 
 _os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 _os.environ.setdefault("OMP_NUM_THREADS", str(_default_threads()))
+
+import warnings as _warnings
+
+# Paddle warns at import about ccache, a compiler cache for building C++ extensions we never build.
+_warnings.filterwarnings("ignore", message="No ccache found")
