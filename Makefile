@@ -12,7 +12,7 @@ PADDLE_RANGE ?= >=2.6,<4
 DEMO_LANG ?= en
 PYTEST_ARGS ?=
 DEMO_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh
-TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh chromium
+TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh chromium fonts-liberation
 
 .PHONY: setup demo test bench lm clean-demo system-deps-demo system-deps-test
 

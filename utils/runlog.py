@@ -20,7 +20,10 @@ class RunLog:
             from visualdl import LogWriter
 
             visualdl_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = LogWriter(logdir=str(visualdl_dir))
+            # VisualDL reads only the newest records file of a run folder: a resumed run
+            # appends to it instead of starting a new one, so the curves stay whole.
+            existing = sorted(visualdl_dir.glob("vdlrecords.*.log"), key=lambda p: p.stat().st_mtime)
+            self.writer = LogWriter(logdir=str(visualdl_dir), file_name=existing[-1].name if existing else "")
 
     def info(self, message: str) -> None:
         if not self.enabled:
