@@ -19,12 +19,18 @@ def model_folder(cfg) -> Path:
 def main() -> int:
     from utils.inference import folder_config
 
+    chosen = []  # the folder is picked once, before its saved config applies
+
+    def base_config(c):
+        chosen.append(model_folder(c))
+        return folder_config(chosen[-1])
+
     try:
-        cfg = parse_args(__doc__, default_config=None, base_config=lambda c: folder_config(model_folder(c)))
+        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
         print_config(cfg, "infer.py")
         from utils.transcribe import run_infer
 
-        summary, failed = run_infer(cfg, model_folder(cfg))
+        summary, failed = run_infer(cfg, chosen[-1])
     except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -2,7 +2,8 @@
 [--resume_model models/deepspeech2/best_model] [--save_model_path models --use_model deepspeech2]
 
 Writes models/<use_model>/infer/ (static graph with the normalizer inside, plus config,
-vocabulary and normalizer); infer.py and eval.py use it when it is there.
+vocabulary and normalizer); infer.py and eval.py use it when it is there. use_model and
+save_model_path come from the exported folder's own config unless given here.
 """
 import sys
 from pathlib import Path
@@ -12,14 +13,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.config import ConfigError, parse_args  # noqa: E402
 
 
+def source_folder(cfg) -> Path:
+    root = Path(cfg.train.save_model_path) / cfg.train.use_model
+    return Path(cfg.train.resume_model) if cfg.train.resume_model else root / "best_model"
+
+
 def main() -> int:
+    from utils.inference import folder_config
+
+    chosen = []  # picked once, before the folder's saved config (whose resume_model is training's) applies
+
+    def base_config(c):
+        chosen.append(source_folder(c))
+        return folder_config(chosen[-1])
+
     try:
-        cfg = parse_args(__doc__, default_config=None)
+        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
         from utils.inference import export_model
 
-        root = Path(cfg.train.save_model_path) / cfg.train.use_model
-        source = Path(cfg.train.resume_model) if cfg.train.resume_model else root / "best_model"
-        out = export_model(source, root / "infer")
+        source = chosen[-1]
+        out = export_model(source, Path(cfg.train.save_model_path) / cfg.train.use_model / "infer")
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

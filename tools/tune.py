@@ -52,10 +52,16 @@ def tune(cfg, folder: Path) -> str:
 def main() -> int:
     from utils.inference import folder_config
 
+    chosen = []  # the folder is picked once, before its saved config (whose resume_model is training's) applies
+
+    def base_config(c):
+        chosen.append(model_folder(c))
+        return folder_config(chosen[-1])
+
     try:
-        cfg = parse_args(__doc__, default_config=None, base_config=lambda c: folder_config(model_folder(c)))
+        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
         print_config(cfg, "tune.py")
-        print(tune(cfg, model_folder(cfg)), flush=True)
+        print(tune(cfg, chosen[-1]), flush=True)
     except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,15 +1,16 @@
 """infer.py's library: find the inputs, transcribe each file (long ones split at silences)."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AudioError, load_audio
+from utils.audio import AudioError, audio_info, load_audio
 from utils.features import STRIDE_MS, compute_features
-from utils.vad import speech_segments
+from utils.vad import MAX_SEGMENT_S, cap_length, speech_segments
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".au"}
 LIST_SUFFIXES = {".txt", ".lst", ".list", ".scp"}
@@ -43,7 +44,10 @@ def list_inputs(wav_path: str) -> list[str]:
 def _pieces(samples: np.ndarray, sample_rate: int, split: bool) -> list[tuple[int, int]]:
     if not split:
         return [(0, len(samples))]
-    return speech_segments(samples, sample_rate) or [(0, len(samples))]
+    # no speech found: decode it all anyway, in pieces of at most MAX_SEGMENT_S (an hour of silence
+    # must not become one hour-long forward pass)
+    return (speech_segments(samples, sample_rate)
+            or cap_length((0, len(samples)), int(MAX_SEGMENT_S * sample_rate)))
 
 
 def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bool) -> Transcript:
@@ -53,6 +57,7 @@ def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bo
     start, f = time.perf_counter(), runner.cfg.features
     result = Transcript(path)
     try:
+        audio_info(path)  # missing, empty or unreadable files get a message that says which
         samples = load_audio(path, f.sample_rate)
     except AudioError as err:
         result.error = str(err)
@@ -70,7 +75,8 @@ def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bo
         if timestamps:
             offset = begin / f.sample_rate
             tokens = greedy_decode_with_times(log_probs[0, :out_lens[0]], runner.vocabulary.tokens, frame_shift)
-            result.times += [(t, s + offset, e + offset) for t, s, e in group_token_times(tokens)]
+            result.times += [(t, min(s + offset, result.duration), min(e + offset, result.duration))
+                             for t, s, e in group_token_times(tokens)]
     joiner = "" if texts and all(not (" " in t) for t in texts) and _mostly_cjk("".join(texts)) else " "
     result.text = joiner.join(t for t in texts if t)
     if result.duration < 0.1:
@@ -85,6 +91,15 @@ def _mostly_cjk(text: str) -> bool:
     return bool(text) and 2 * sum(is_cjk(c) for c in text) >= len(text)
 
 
+def warm_up(runner, seconds: float = 1.0) -> None:
+    """One forward pass on silence, so that one-time costs (feature and kernel set-up) count as
+    loading time instead of inflating the first file's real-time factor."""
+    f = runner.cfg.features
+    feats = compute_features(np.zeros(int(seconds * f.sample_rate), np.float32), f.feature_method,
+                             f.sample_rate, f.n_mels)  # [T, D]
+    runner(feats[None], np.array([len(feats)], dtype=np.int64))
+
+
 def run_infer(cfg, model_folder: Path) -> tuple[str, int]:
     """Transcribe cfg.infer.wav_path; prints one line per file. Returns (summary, files that failed)."""
     from utils.evaluate import make_decode_fn
@@ -93,13 +108,14 @@ def run_infer(cfg, model_folder: Path) -> tuple[str, int]:
     load_start = time.perf_counter()
     runner = load_runner(model_folder)
     decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
+    warm_up(runner)
     load_seconds = time.perf_counter() - load_start
     failed, audio, wall = 0, 0.0, 0.0
     for path in list_inputs(cfg.infer.wav_path):
         result = transcribe(path, runner, decode_fn, cfg.infer.is_long_audio, cfg.infer.timestamps)
         if result.error:
             failed += 1
-            print(f"error: {result.error}")
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
         audio, wall = audio + result.duration, wall + result.seconds
         print(f"{path}\t{result.text}\t({result.duration:.2f} s audio, {result.seconds * 1000:.0f} ms, "

@@ -40,10 +40,11 @@ def speech_segments(samples: np.ndarray, sample_rate: int = 16000) -> list[tuple
     if start is not None:
         segments.append((start, len(flags) - silence))
     spans = [(max(0, (s - pad) * frame), min(len(samples), (e + pad) * frame)) for s, e in segments]
-    return [piece for span in spans for piece in _cap_length(span, int(MAX_SEGMENT_S * sample_rate))]
+    return [piece for span in spans for piece in cap_length(span, int(MAX_SEGMENT_S * sample_rate))]
 
 
-def _cap_length(span: tuple[int, int], max_len: int) -> list[tuple[int, int]]:
+def cap_length(span: tuple[int, int], max_len: int) -> list[tuple[int, int]]:
+    """(start, end) -> contiguous pieces of equal length, each at most max_len samples."""
     start, end = span
     pieces = max(1, -(-(end - start) // max_len))
     bounds = np.linspace(start, end, pieces + 1).astype(int)
