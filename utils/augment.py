@@ -6,6 +6,7 @@ Every function takes a numpy Generator so a seeded run augments identically.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,12 +82,12 @@ def spec_augment(feats: np.ndarray, rng: np.random.Generator, freq_masks: int = 
     fill = feats.mean()
     for _ in range(freq_masks):
         width = rng.integers(0, max_freq_width + 1)
-        start = rng.integers(0, max(1, dim - width))
+        start = rng.integers(0, max(1, dim - width + 1))
         feats[:, start:start + width] = fill
     max_width = int(steps * max_time_ratio)
     for _ in range(time_masks):
         width = rng.integers(0, max_width + 1)
-        start = rng.integers(0, max(1, steps - width))
+        start = rng.integers(0, max(1, steps - width + 1))
         feats[start:start + width, :] = fill
     return feats
 
@@ -162,14 +163,23 @@ def load_augmentation(path: str | None, noise_paths: list[str] = (), sample_rate
             params.setdefault("sample_rate", sample_rate)
         if kind == "noise":
             params["noise_clips"] = _load_noise(noise_paths, sample_rate)
-        if kind in AUDIO_AUGMENTORS:
-            augmentation.audio.append((AUDIO_AUGMENTORS[kind], params, prob))
-        elif kind in FEATURE_AUGMENTORS:
-            augmentation.feature.append((FEATURE_AUGMENTORS[kind], params, prob))
-        else:
+        if kind not in AUDIO_AUGMENTORS and kind not in FEATURE_AUGMENTORS:
             known = sorted(AUDIO_AUGMENTORS) + sorted(FEATURE_AUGMENTORS)
             raise ValueError(f"{path}: entry {number} has unknown type '{kind}'; known types: {known}")
+        function = AUDIO_AUGMENTORS.get(kind) or FEATURE_AUGMENTORS[kind]
+        _check_params(path, number, kind, function, params)
+        (augmentation.audio if kind in AUDIO_AUGMENTORS else augmentation.feature).append((function, params, prob))
     return augmentation
+
+
+def _check_params(path, number: int, kind: str, function: Callable, params: dict) -> None:
+    """A misspelt parameter fails here, naming the entry, not later inside a loader worker."""
+    try:
+        inspect.signature(function).bind(None, None, **params)
+    except TypeError as err:
+        accepted = list(inspect.signature(function).parameters)[2:]  # after (samples or feats, rng)
+        raise ValueError(f"{path}: entry {number} ('{kind}') has bad params ({err}); "
+                         f"accepted params: {accepted}") from None
 
 
 def _load_noise(noise_paths: list[str], sample_rate: int) -> list[np.ndarray]:

@@ -53,6 +53,10 @@ def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -60,51 +64,99 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace folder by the complete tmp: folder -> .old-folder, tmp -> folder, drop .old-folder."""
+    old = folder.with_name(".old-" + folder.name)
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    _fsync_dir(folder.parent)  # the renames survive a power cut too, not only a killed process
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_failed(folder: Path, tmp: Path, err: OSError) -> CheckpointError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    intact = (f"the previous {folder.name} is intact" if folder.exists()
+              else f"no {folder.name} was written")
+    return CheckpointError(f"could not save checkpoint {folder} ({err}); {intact}, and the other checkpoints "
+                           f"in {folder.parent} are untouched. Free disk space or fix permissions of "
+                           f"{folder.parent}, then run again to resume")
+
+
+OPTIMIZER_KEY_SEPARATOR = "|"
+
+
+def portable_optimizer_state(model: paddle.nn.Layer, optimizer) -> dict:
+    """optimizer.state_dict() keyed by the model's structured parameter names.
+
+    Paddle keys optimizer state by generated parameter names (conv2d_3.w_0_moment1_0) that
+    count the layers the process built before; a checkpoint keyed that way fails to load
+    ("Optimizer set error ... should in state dict") in a process that built another model
+    first. Here a key becomes `convs.0.0.weight|_moment1_0`; other keys stay as they are.
+    """
+    by_name = {param.name: structured for structured, param in model.named_parameters()}
+    names = sorted(by_name, key=len, reverse=True)  # longest first: w_1 is not taken for w_10
+    portable = {}
+    for key, value in optimizer.state_dict().items():
+        owner = next((name for name in names if key.startswith(name + "_")), None)
+        portable[f"{by_name[owner]}{OPTIMIZER_KEY_SEPARATOR}{key[len(owner):]}" if owner else key] = value
+    return portable
+
+
+def load_optimizer_state(model: paddle.nn.Layer, optimizer, path: str | Path) -> None:
+    """Load a portable_optimizer_state file (or an older one keyed by generated names)."""
+    to_name = {structured: param.name for structured, param in model.named_parameters()}
+    state = {}
+    for key, value in paddle.load(str(path)).items():
+        structured, separator, suffix = key.partition(OPTIMIZER_KEY_SEPARATOR)
+        if separator and structured not in to_name:
+            raise CheckpointError(f"{path} holds optimizer state for '{structured}', which this model does not "
+                                  f"have; the model config differs from the checkpoint's")
+        state[to_name[structured] + suffix if separator else key] = value
+    optimizer.set_state_dict(state)
+
+
 def save_checkpoint(folder: str | Path, model: paddle.nn.Layer, optimizer, state: TrainState, cfg: Config,
                     vocabulary: Vocabulary, mean_std_path: str | Path) -> Path:
     """Write a complete model folder atomically; on failure the previous folder stays intact."""
     folder = Path(folder)
-    tmp, old = folder.with_name(".tmp-" + folder.name), folder.with_name(".old-" + folder.name)
+    tmp = folder.with_name(".tmp-" + folder.name)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         paddle.save(model.state_dict(), str(tmp / MODEL_FILE))
         if optimizer is not None:
-            paddle.save(optimizer.state_dict(), str(tmp / OPTIMIZER_FILE))
+            paddle.save(portable_optimizer_state(model, optimizer), str(tmp / OPTIMIZER_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         save_config(cfg, tmp / CONFIG_FILE)
         vocabulary.save(tmp / VOCAB_FILE)
         shutil.copyfile(mean_std_path, tmp / NORMALIZER_FILE)
         _fsync_tree(tmp)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        intact = f"the previous {folder} is intact" if folder.exists() else f"no {folder} was written"
-        raise CheckpointError(f"could not save checkpoint {folder} ({err}); {intact}. "
-                              f"Free disk space or fix permissions of {folder.parent}") from err
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+        raise _save_failed(folder, tmp, err) from err
+    _swap_in(tmp, folder)
     return folder
 
 
 def copy_checkpoint(source: Path, folder: Path) -> None:
     """Atomically make `folder` a copy of the complete folder `source` (best_model, epoch_N)."""
-    tmp, old = folder.with_name(".tmp-" + folder.name), folder.with_name(".old-" + folder.name)
+    tmp = folder.with_name(".tmp-" + folder.name)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(source, tmp)
         _fsync_tree(tmp)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write {folder} ({err}); the previous one is intact. "
-                              f"Free disk space or fix permissions of {folder.parent}") from err
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+        raise _save_failed(folder, tmp, err) from err
+    _swap_in(tmp, folder)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a model folder so that a crash midway cannot leave it torn: rename to .tmp-X first."""
+    tmp = folder.with_name(".tmp-" + folder.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.rename(folder, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def recover(model_root: str | Path) -> list[str]:
@@ -123,6 +175,37 @@ def recover(model_root: str | Path) -> list[str]:
             else:
                 os.rename(path, target)
                 notes.append(f"restored {target.name} from an interrupted save")
+    return notes
+
+
+def _progress(folder: Path) -> tuple[int, int, int]:
+    state = load_state(folder)
+    return state.epoch, state.batch_in_epoch, state.step
+
+
+def finish_epoch_end(model_root: str | Path) -> list[str]:
+    """Finish an end of epoch that a crash cut short, so that no finished epoch is lost.
+
+    An epoch ends by saving epoch_N, then copying it to last_model and, if it was the best,
+    to best_model (a Ctrl-C there saves last_model instead). When the newest checkpoint
+    marks a finished epoch (batch 0 of the next), make sure all of them hold it.
+    """
+    model_root, notes = Path(model_root), []
+    folders = [p for p in model_root.glob("epoch_*") if p.name[6:].isdigit() and is_complete(p)]
+    folders += [p for p in (model_root / "last_model",) if is_complete(p)]
+    if not folders:
+        return notes
+    newest = max(folders, key=_progress)
+    state = load_state(newest)
+    if state.epoch == 0 or state.batch_in_epoch != 0:
+        return notes
+    targets = [model_root / f"epoch_{state.epoch}", model_root / "last_model"]
+    if state.best_epoch == state.epoch - 1:
+        targets.append(model_root / "best_model")
+    for target in targets:
+        if target != newest and (not is_complete(target) or _progress(target) < _progress(newest)):
+            copy_checkpoint(newest, target)
+            notes.append(f"copied {newest.name} to {target.name} (the previous run stopped before it did)")
     return notes
 
 
@@ -163,8 +246,12 @@ class FolderLock:
         self.handle = None
 
     def __enter__(self) -> "FolderLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")
+        except OSError as err:
+            raise CheckpointError(f"cannot write the model folder {self.path.parent} ({err}); pass a writable "
+                                  f"--save_model_path") from None
         try:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -80,8 +80,11 @@ def epoch_batches(durations: np.ndarray, batch_size: int, epoch: int, seed: int,
 class BatchSampler(paddle.io.Sampler):
     """Yields lists of dataset keys for one epoch, this rank's share, from batch `start_batch` on.
 
-    With several ranks, rank r takes batches r, r + W, r + 2W, ... of the global order,
-    and every rank gets the same number of batches (the tail that does not divide is dropped).
+    With W ranks the epoch is cut into global batches of W * batch_size (the batches one
+    process with batch W * batch_size would see) and rank r takes the r-th of W equal
+    contiguous slices of each, so W processes step on the same data as one process with a
+    W times larger batch, and every rank gets the same number of batches (a last global
+    batch with fewer than W utterances is dropped).
     """
 
     def __init__(self, durations: list[float], batch_size: int, seed: int, sortagrad: bool = True,
@@ -96,9 +99,10 @@ class BatchSampler(paddle.io.Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def rank_batches(self) -> list[list[int]]:
-        batches = epoch_batches(self.durations, self.batch_size, self.epoch, self.seed, self.sortagrad)
-        per_rank = len(batches) // self.world_size
-        mine = batches[self.rank:per_rank * self.world_size:self.world_size]
+        batches = epoch_batches(self.durations, self.batch_size * self.world_size, self.epoch, self.seed,
+                                self.sortagrad)
+        mine = [np.array_split(batch, self.world_size)[self.rank].tolist()
+                for batch in batches if len(batch) >= self.world_size]
         return mine[:self.num_iters_per_epoch] if self.num_iters_per_epoch > 0 else mine
 
     def __len__(self) -> int:

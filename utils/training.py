@@ -18,7 +18,8 @@ import paddle
 
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState, copy_checkpoint,
-                              finish_epoch_end, is_complete, load_state, recover, remove_checkpoint, save_checkpoint)
+                              finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
+                              remove_checkpoint, save_checkpoint)
 from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, make_loader, padding_waste
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
@@ -88,7 +89,7 @@ def _scaler_state(scaler) -> dict:
 def restore(folder: Path, model, optimizer, scaler) -> TrainState:
     model.set_state_dict(paddle.load(str(folder / MODEL_FILE)))
     if (folder / OPTIMIZER_FILE).is_file():
-        optimizer.set_state_dict(paddle.load(str(folder / OPTIMIZER_FILE)))
+        load_optimizer_state(model, optimizer, folder / OPTIMIZER_FILE)
     state = load_state(folder)
     if scaler is not None and state.scaler:
         scaler.load_state_dict(state.scaler)
@@ -210,12 +211,15 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
     """
     feats, feat_lens, labels, label_lens, indices = batch
     accum = run.cfg.train.accum_grad
+    running_stats = _running_stats(run.model)  # a skipped batch must not move BatchNorm's statistics either
     with paddle.amp.auto_cast(enable=run.scaler is not None, level="O1"):
         logits, out_lens = run.parallel(feats, feat_lens)
     loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens).sum() / feats.shape[0]
     loss_value = float(loss)
     if not _finite_on_all_ranks(run, loss_value):
         run.optimizer.clear_grad()
+        for buffer, saved in running_stats:
+            buffer.set_value(saved)
         run.nan_in_row += 1
         run.state.nan_skipped += 1
         if run.nan_in_row >= run.cfg.train.max_nan_in_row:
@@ -236,6 +240,13 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
         run.optimizer.clear_grad()
         run.state.step += 1
     return loss_value
+
+
+def _running_stats(model: paddle.nn.Layer) -> list:
+    """(buffer, copy) of every BatchNorm running mean and variance."""
+    batch_norms = (paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D)
+    return [(buffer, buffer.clone()) for layer in model.sublayers() if isinstance(layer, batch_norms)
+            for buffer in (layer._mean, layer._variance)]
 
 
 def _finite_on_all_ranks(run: _Run, loss_value: float) -> bool:

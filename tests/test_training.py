@@ -1,0 +1,405 @@
+"""Training: SortaGrad sampler, one-utterance overfit, exact resume, best_model, fine-tuning, NaN guard."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+import utils.training as training
+from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
+                            read_params, spoken_corpus, tiny_config)  # noqa: F401
+from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
+from utils.data import BatchSampler, SpeechDataset, epoch_batches
+from utils.decoders import greedy_decode
+from utils.features import load_mean_std
+from utils.manifest import read_manifest
+from utils.model import build_model
+from utils.text import Vocabulary
+
+AUGMENTATION = str(ROOT / "conf" / "augmentation.json")
+REAL_EVALUATE, REAL_CTC_LOSS = training.evaluate, training.ctc_loss_per_utterance  # before any monkeypatch
+
+
+# ----------------------------------------------------------------------------- SortaGrad sampler
+def shuffled_durations(count: int = 40, seed: int = 0) -> np.ndarray:
+    """Durations 1.0, 1.2, ... in a shuffled manifest order."""
+    return np.random.default_rng(seed).permutation(1.0 + 0.2 * np.arange(count))
+
+
+def flat(batches) -> list[int]:
+    return [i for batch in batches for i in batch]
+
+
+def test_epoch_zero_is_sorted_by_duration_whatever_the_manifest_order():
+    durations = shuffled_durations()
+    sampler = BatchSampler(durations.tolist(), batch_size=4, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 10
+    assert flat(batches) == np.argsort(durations).tolist()
+    assert np.all(np.diff(durations[flat(batches)]) > 0)
+
+
+def test_later_epochs_shuffle_batches_but_keep_them_homogeneous():
+    durations = shuffled_durations()
+    sampler = BatchSampler(durations.tolist(), batch_size=4, seed=3)
+    rank = np.argsort(np.argsort(durations))  # utterance -> position in duration order
+    orders = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        batches = [np.asarray(b) - epoch * len(durations) for b in sampler]  # keys carry the epoch
+        assert sorted(flat(batches)) == list(range(40))  # every utterance once
+        means = [durations[b].mean() for b in batches]
+        assert means != sorted(means)  # the batch order is shuffled
+        spreads = [rank[batch].max() - rank[batch].min() for batch in batches]  # in duration rank
+        assert max(spreads) <= 11 and np.mean(spreads) < 6  # measured worst 10 (20 seeds x 5 epochs)
+        orders.append(flat(batches))
+    assert orders[0] != orders[1]
+    sampler.set_epoch(1)
+    assert flat([np.asarray(b) - 40 for b in sampler]) == orders[0]  # seeded by epoch: reproducible
+    # pinned: the first batch of epoch 1 for seed 3
+    assert sorted(durations[orders[0][:4]].round(1).tolist()) == PINNED_EPOCH1_FIRST_BATCH
+    # control: random batches of 4 out of 40 spread over 23 ranks on average
+    random_spread = np.mean([np.ptp(rank[b]) for b in np.random.default_rng(0).permutation(40).reshape(10, 4)])
+    assert random_spread > 20
+
+
+PINNED_EPOCH1_FIRST_BATCH = [5.8, 6.0, 6.4, 6.6]  # jitter moved 6.2 into another batch
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+    durations = shuffled_durations()
+    assert epoch_batches(durations, 4, 2, seed=5) == epoch_batches(durations, 4, 2, seed=5)
+    assert epoch_batches(durations, 4, 2, seed=5) != epoch_batches(durations, 4, 2, seed=6)
+    assert epoch_batches(durations, 4, 0, seed=5) == epoch_batches(durations, 4, 0, seed=6)  # sorted
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_ranks_get_disjoint_equal_batches_that_tile_the_double_batch(epoch):
+    durations = shuffled_durations(42)
+    single = BatchSampler(durations.tolist(), batch_size=8, seed=3)
+    ranks = [BatchSampler(durations.tolist(), batch_size=4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in [single] + ranks:
+        sampler.set_epoch(epoch)
+    single_batches, rank_batches = list(single), [list(s) for s in ranks]
+    assert len(rank_batches[0]) == len(rank_batches[1]) == len(single_batches) == 6  # 42 = 5 x 8 + 2
+    assert not set(flat(rank_batches[0])) & set(flat(rank_batches[1]))
+    for step, batch in enumerate(single_batches):  # step k of 2 ranks x 4 = step k of 1 process x 8
+        assert rank_batches[0][step] + rank_batches[1][step] == batch
+    assert sorted(len(b) for b in rank_batches[0]) == [1] + [4] * 5  # the tail of 2 is split 1 + 1
+    assert sorted(flat(rank_batches[0]) + flat(rank_batches[1])) == [epoch * 42 + i for i in range(42)]
+
+
+def test_a_tail_smaller_than_the_world_is_dropped_on_every_rank():
+    durations = shuffled_durations(41)  # 41 = 5 x 8 + 1
+    ranks = [BatchSampler(durations.tolist(), batch_size=4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(s) for s in ranks] == [5, 5]
+    assert len(set(flat(ranks[0])) | set(flat(ranks[1]))) == 40
+
+
+def test_set_epoch_start_batch_skips_exactly_and_num_iters_caps():
+    durations = shuffled_durations()
+    sampler = BatchSampler(durations.tolist(), batch_size=4, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert full[0][0] >= 80  # keys of epoch 2 are offset by 2 x 40
+    for start in (0, 1, 7, 10):
+        sampler.set_epoch(2, start_batch=start)
+        assert list(sampler) == full[start:]
+    capped = BatchSampler(durations.tolist(), batch_size=4, seed=3, num_iters_per_epoch=3)
+    capped.set_epoch(2)
+    assert list(capped) == full[:3] and len(capped) == 3
+
+
+# ----------------------------------------------------------------------------- one-utterance overfit
+LDC93S1 = "she had your dark suit in greasy wash water all year"
+
+
+@pytest.fixture(scope="module")
+def ldc93s1(tmp_path_factory):
+    if not have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    return cached_corpus("ldc93s1", lambda: make_corpus(tmp_path_factory.mktemp("ldc93s1"), [LDC93S1], [LDC93S1],
+                                                        repeat=10))
+
+
+def test_one_utterance_overfits_to_cer_zero(ldc93s1, tmp_path):
+    """DeepSpeech's ldc93s1 sanity check: 60 steps (6 epochs of the sentence listed 10 times,
+    batch 1) of conf/tiny.yml with a 64-unit GRU at lr 5e-3. Measured here: CER 0 from step 40."""
+    cfg = tiny_config(ldc93s1, tmp_path, train__num_epoch=6, train__batch_size=1, train__learning_rate=5e-3,
+                      train__warmup_steps=0, model__rnn_size=64, train__log_interval=1000)
+    training.train(cfg)
+    state = load_state(model_folder(cfg, "best_model"))
+    assert state.step == 60 and state.best_metric == 0.0
+    assert state.history[-1]["test_cer"] == 0.0
+    # decode the sentence with best_model's weights: exactly the transcript
+    vocabulary = Vocabulary.load(ldc93s1 / "vocabulary.txt")
+    normalizer = load_mean_std(ldc93s1 / "mean_std.npz")
+    model = build_model(cfg.model, 40, len(vocabulary))
+    model.set_state_dict(paddle.load(str(model_folder(cfg, "best_model") / "model.pdparams")))
+    np.testing.assert_allclose(model.feat_mean.numpy(), normalizer["mean"])
+    model.eval()
+    dataset = SpeechDataset(read_manifest(ldc93s1 / "manifest.test"), vocabulary, "fbank", 16000, 40)
+    feats, _, _ = dataset[0]
+    logits, out_lens = model(paddle.to_tensor(feats[None]), paddle.to_tensor(np.array([len(feats)])))
+    assert greedy_decode(logits.numpy(), out_lens.numpy(), vocabulary.tokens) == [LDC93S1]
+
+
+# ----------------------------------------------------------------------------- exact resume
+def resume_config(corpus: Path, out: Path, **overrides):
+    """8 utterances, batch 2: 4 batches an epoch, 3 epochs, augmentation on (seeded per utterance)."""
+    settings = dict(train__num_epoch=3, train__batch_size=2, data__augment_conf_path=AUGMENTATION,
+                    train__log_interval=1000)
+    settings.update(overrides)
+    return tiny_config(corpus, out, **settings)
+
+
+_REFERENCE: dict = {}
+
+
+def reference_run(corpus: Path, root: Path, accum_grad: int) -> tuple[dict, dict]:
+    """The uninterrupted run: final weights and state (computed once per accum_grad)."""
+    if accum_grad not in _REFERENCE:
+        cfg = resume_config(corpus, root / f"reference_{accum_grad}", train__accum_grad=accum_grad)
+        training.train(cfg)
+        folder = model_folder(cfg)
+        _REFERENCE[accum_grad] = (read_params(folder), dataclasses.asdict(load_state(folder)))
+    return _REFERENCE[accum_grad]
+
+
+class Interrupt:
+    """Wraps training._train_step: raises `error` instead of running call number `call` (1-based)."""
+
+    def __init__(self, call: int, error: BaseException):
+        self.call, self.error, self.calls = call, error, 0
+        self.original = training._train_step
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.call:
+            raise self.error
+        return self.original(*args)
+
+
+def assert_same_run(cfg, reference: tuple[dict, dict]) -> None:
+    params, state = read_params(model_folder(cfg)), dataclasses.asdict(load_state(model_folder(cfg)))
+    assert max_abs_diff(params, reference[0]) == 0.0  # bit-exact
+    for key in ("epoch", "batch_in_epoch", "step", "best_metric", "best_epoch", "history"):
+        assert state[key] == reference[1][key], key
+
+
+@pytest.mark.parametrize("case", ["max_steps_mid_epoch", "max_steps_at_epoch_end", "crash_after_save_step",
+                                  "ctrl_c", "accum_grad_2_mid_epoch"])
+def test_interrupted_and_resumed_equals_uninterrupted(case, spoken_corpus, tmp_path, tmp_path_factory,
+                                                      monkeypatch):
+    accum = 2 if case.startswith("accum") else 1
+    reference = reference_run(spoken_corpus, tmp_path_factory.getbasetemp() / "resume_reference", accum)
+    assert reference[1]["step"] == 12 // accum and reference[1]["epoch"] == 3
+    first = resume_config(spoken_corpus, tmp_path, train__accum_grad=accum)
+    stopped_at = {"max_steps_mid_epoch": (1, 2, 6), "max_steps_at_epoch_end": (0, 4, 4),
+                  "crash_after_save_step": (1, 2, 6), "ctrl_c": (1, 3, 7), "accum_grad_2_mid_epoch": (1, 2, 3)}
+    if case.startswith(("max_steps", "accum")):
+        first.train.max_steps = stopped_at[case][2]
+        training.train(first)
+    elif case == "crash_after_save_step":  # last_model every 2 batches; batch 8 never runs
+        first.train.save_step = 2
+        monkeypatch.setattr(training, "_train_step", Interrupt(8, RuntimeError("power cut")))
+        with pytest.raises(RuntimeError, match="power cut"):
+            training.train(first)
+    else:  # Ctrl-C in batch 8: last_model is saved on the way out, after 7 batches
+        monkeypatch.setattr(training, "_train_step", Interrupt(8, KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            training.train(first)
+    monkeypatch.undo()
+    saved = load_state(model_folder(first))
+    assert (saved.epoch, saved.batch_in_epoch, saved.step) == stopped_at[case]
+
+    resumed = resume_config(spoken_corpus, tmp_path, train__accum_grad=accum)  # same folder, no max_steps
+    training.train(resumed)
+    assert_same_run(resumed, reference)
+    log = (Path(resumed.train.save_model_path) / resumed.train.use_model / "train.log").read_text()
+    assert f"resumed from {model_folder(resumed)}: epoch {stopped_at[case][0]}, batch {stopped_at[case][1]}" in log
+
+
+def test_optimizer_state_loads_into_a_process_that_built_other_layers_first(tmp_path):
+    """Paddle names parameters conv2d_<n> with a per-process counter; the checkpoint must not depend on it."""
+    cfg = tiny_config(tmp_path, tmp_path).model
+    model = build_model(cfg, 40, 9)
+    optimizer = paddle.optimizer.AdamW(learning_rate=0.01, parameters=model.parameters())
+    feats = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 30, 40)).astype(np.float32))
+    model(feats, paddle.to_tensor(np.array([30, 20])))[0].mean().backward()
+    optimizer.step()
+    optimizer.clear_grad()
+    paddle.save(portable_optimizer_state(model, optimizer), str(tmp_path / "optimizer.pdopt"))
+    saved = paddle.load(str(tmp_path / "optimizer.pdopt"))
+    assert "convs.0.0.weight|_moment1_0" in saved and not any(k.startswith("conv2d_") for k in saved)
+
+    build_model(cfg, 40, 9)  # shifts every generated name of the next model
+    fresh = build_model(cfg, 40, 9)
+    assert fresh.head.weight.name != model.head.weight.name
+    fresh_optimizer = paddle.optimizer.AdamW(learning_rate=0.01, parameters=fresh.parameters())
+    load_optimizer_state(fresh, fresh_optimizer, tmp_path / "optimizer.pdopt")
+    fresh.set_state_dict(model.state_dict())
+    for net, opt in ((model, optimizer), (fresh, fresh_optimizer)):  # the same second step on both
+        net(feats, paddle.to_tensor(np.array([30, 20])))[0].mean().backward()
+        opt.step()  # Paddle asserts here when a moment is missing from the loaded state
+    for suffix in ("_moment1_0", "_moment2_0", "_beta1_pow_acc_0"):
+        np.testing.assert_array_equal(fresh_optimizer.state_dict()[fresh.head.weight.name + suffix].numpy(),
+                                      optimizer.state_dict()[model.head.weight.name + suffix].numpy())
+    np.testing.assert_array_equal(fresh.head.weight.numpy(), model.head.weight.numpy())
+    headless = build_model(cfg, 40, 9)
+    headless.head = paddle.nn.Identity()
+    with pytest.raises(CheckpointError, match="'head.weight', which this model does not have"):
+        load_optimizer_state(headless, paddle.optimizer.AdamW(parameters=headless.parameters()),
+                             tmp_path / "optimizer.pdopt")
+
+
+def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=3)
+    training.train(cfg)
+    before = read_params(model_folder(cfg))
+    training.train(cfg)  # resumes from last_model, already at max_steps
+    assert load_state(model_folder(cfg)).step == 3
+    assert max_abs_diff(before, read_params(model_folder(cfg))) == 0.0
+
+
+# ----------------------------------------------------------------------------- best_model
+def scripted_evaluate(rates: list[float]):
+    """utils.training.evaluate with the error rate replaced, epoch after epoch, by `rates`."""
+    queue = list(rates)
+
+    def evaluate(*args, **kwargs):
+        return dataclasses.replace(REAL_EVALUATE(*args, **kwargs), error_rate=queue.pop(0))
+    return evaluate
+
+
+def test_best_model_survives_resume(spoken_corpus, tmp_path, monkeypatch):
+    def run(num_epoch: int, rate: float):
+        cfg = tiny_config(spoken_corpus, tmp_path, train__num_epoch=num_epoch, train__batch_size=4)
+        monkeypatch.setattr(training, "evaluate", scripted_evaluate([rate]))
+        training.train(cfg)
+        return cfg
+
+    cfg = run(1, 0.5)
+    epoch_1 = read_params(model_folder(cfg, "epoch_1"))
+    cfg = run(2, 0.8)  # resumed; a worse epoch
+    best = load_state(model_folder(cfg, "best_model"))
+    assert (best.best_metric, best.best_epoch, best.epoch) == (0.5, 0, 1)
+    assert max_abs_diff(read_params(model_folder(cfg, "best_model")), epoch_1) == 0.0
+    assert max_abs_diff(read_params(model_folder(cfg)), epoch_1) > 0.0  # last_model moved on
+    last = load_state(model_folder(cfg))
+    assert (last.best_metric, last.best_epoch, last.epoch) == (0.5, 0, 2)
+    assert [h["test_cer"] for h in last.history] == [0.5, 0.8]
+
+    cfg = run(3, 0.3)  # resumed again; a better epoch replaces best_model
+    best = load_state(model_folder(cfg, "best_model"))
+    assert (best.best_metric, best.best_epoch, best.epoch) == (0.3, 2, 3)
+    assert max_abs_diff(read_params(model_folder(cfg, "best_model")), read_params(model_folder(cfg, "epoch_3"))) == 0
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def other_vocabulary_corpus(corpus: Path, tmp: Path) -> Path:
+    """The same audio with a vocabulary of more tokens (a new language's characters, say)."""
+    new = tmp / "corpus_new_vocab"
+    new.mkdir()
+    for name in ("manifest.train", "manifest.test", "mean_std.npz"):
+        (new / name).write_bytes((corpus / name).read_bytes())
+    tokens = Vocabulary.load(corpus / "vocabulary.txt").tokens
+    Vocabulary(tokens + ["q", "j", "z"]).save(new / "vocabulary.txt")
+    return new
+
+
+def test_pretrained_with_changed_vocabulary_skips_exactly_the_head(spoken_corpus, tmp_path):
+    source = tiny_config(spoken_corpus, tmp_path / "source", train__max_steps=2)
+    training.train(source)
+    pretrained = read_params(model_folder(source))
+
+    new_corpus = other_vocabulary_corpus(spoken_corpus, tmp_path)
+    vocab_size = len(Vocabulary.load(new_corpus / "vocabulary.txt"))
+    assert vocab_size == pretrained["head.bias"].shape[0] + 3
+    paddle.seed(0)
+    model = build_model(source.model, 40, vocab_size, np.full(40, -3.0), np.full(40, 2.0))
+    initial = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    skipped = training.load_pretrained(model, str(model_folder(source)))
+    assert skipped == ["head.bias", "head.weight"]
+    loaded = {k: v.numpy() for k, v in model.state_dict().items()}
+    for name in loaded:
+        if name in ("head.bias", "head.weight", "feat_mean", "feat_istd"):  # kept as built
+            np.testing.assert_array_equal(loaded[name], initial[name])
+        else:
+            np.testing.assert_array_equal(loaded[name], pretrained[name])
+    np.testing.assert_array_equal(loaded["feat_mean"], np.full(40, -3.0, np.float32))
+
+
+def test_pretrained_model_on_the_command_line(spoken_corpus, tmp_path):
+    source = tiny_config(spoken_corpus, tmp_path / "source", train__max_steps=1)
+    training.train(source)
+    new_corpus = other_vocabulary_corpus(spoken_corpus, tmp_path)
+    args = [f"--configs={TINY_YAML}", f"--train_manifest={new_corpus / 'manifest.train'}",
+            f"--test_manifest={new_corpus / 'manifest.test'}", f"--dataset_vocab={new_corpus / 'vocabulary.txt'}",
+            f"--mean_std_path={new_corpus / 'mean_std.npz'}", f"--save_model_path={tmp_path / 'models'}",
+            f"--log_dir={tmp_path / 'log'}", "--augment_conf_path=None", "--use_model=finetuned",
+            f"--pretrained_model={model_folder(source)}", "--max_steps=1"]
+    done = subprocess.run([sys.executable, str(ROOT / "train.py")] + args, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"fine-tuning from {model_folder(source)}; layers not loaded: head.bias, head.weight" in done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith("trained 1 steps")
+    # resuming (not fine-tuning) a model folder with another vocabulary is refused
+    cfg = tiny_config(new_corpus, tmp_path / "source")
+    with pytest.raises(training.TrainingError, match="differs from the dataset vocabulary"):
+        training.train(cfg)
+
+
+# ----------------------------------------------------------------------------- NaN guard
+def loss_with_nan(calls_with_nan: set[int]):
+    """utils.training's CTC loss, NaN on the given (1-based) calls."""
+    count = [0]
+
+    def loss(*args):
+        count[0] += 1
+        value = REAL_CTC_LOSS(*args)
+        return value * float("nan") if count[0] in calls_with_nan else value
+    return loss
+
+
+def test_non_finite_batches_are_skipped_and_counted(spoken_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "ctc_loss_per_utterance", loss_with_nan({2, 3, 6}))
+    cfg = tiny_config(spoken_corpus, tmp_path, train__num_epoch=2, train__batch_size=2, train__max_nan_in_row=3)
+    training.train(cfg)
+    state = load_state(model_folder(cfg))
+    assert (state.nan_skipped, state.step, state.epoch) == (3, 8 - 3, 2)
+    assert all(np.isfinite(v).all() for v in read_params(model_folder(cfg)).values())
+
+
+def test_a_nan_batch_leaves_weights_and_batchnorm_statistics_untouched(spoken_corpus, tmp_path, monkeypatch):
+    clean = tiny_config(spoken_corpus, tmp_path / "clean", train__max_steps=1, train__batch_size=2)
+    training.train(clean)  # one step on batch 1
+    monkeypatch.setattr(training, "ctc_loss_per_utterance", loss_with_nan({2, 3}))
+    skipping = tiny_config(spoken_corpus, tmp_path / "nan", train__batch_size=2, train__num_epoch=1,
+                           train__num_iters_per_epoch=3)
+    training.train(skipping)  # one step on batch 1, then batches 2 and 3 skipped
+    state = load_state(model_folder(skipping))
+    assert (state.step, state.nan_skipped) == (1, 2)
+    clean_params, skipping_params = read_params(model_folder(clean)), read_params(model_folder(skipping))
+    assert "convs.0.1._mean" in clean_params  # BatchNorm's running statistics are compared too
+    assert max_abs_diff(skipping_params, clean_params) == 0.0
+
+
+def test_too_many_nan_in_a_row_stop_naming_the_utterances(spoken_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "ctc_loss_per_utterance", loss_with_nan(set(range(1, 100))))
+    cfg = tiny_config(spoken_corpus, tmp_path, train__batch_size=2, train__max_nan_in_row=3)
+    with pytest.raises(training.TrainingError) as err:
+        training.train(cfg)
+    utterances = read_manifest(spoken_corpus / "manifest.train")
+    third_batch = np.argsort([u.duration for u in utterances], kind="stable")[4:6]  # epoch 0: sorted
+    message = str(err.value)
+    assert message.startswith("3 batches in a row had a non-finite loss")
+    for index in third_batch:
+        assert utterances[index].audio_filepath in message
+    others = set(range(len(utterances))) - set(third_batch.tolist())
+    assert not any(utterances[i].audio_filepath + "'" in message for i in others)
