@@ -215,7 +215,12 @@ def open_scalar_page(page, base_url: str, timeout: float = 60.0) -> list[str]:
     """Load /app/scalar and wait for its tag groups; returns their names."""
     page.goto(f"{base_url}/app/scalar", wait_until="load", timeout=timeout * 1000)
     page.wait_for_selector("article h3", timeout=timeout * 1000)
-    return [group["name"] for group in page.evaluate(_GROUPS_JS)]
+    deadline = time.monotonic() + timeout
+    while True:  # under load the group titles read "Loading..." for a while
+        names = [group["name"] for group in page.evaluate(_GROUPS_JS)]
+        if not any(name.startswith("Loading") for name in names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.2)
 
 
 def expand_all_groups(page) -> None:
