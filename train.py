@@ -24,7 +24,8 @@ def main() -> int:
     except (TrainingError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(summary, flush=True)
+    if summary:
+        print(summary, flush=True)
     return 0
 
 

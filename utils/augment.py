@@ -131,6 +131,14 @@ class Augmentation:
     audio: list = field(default_factory=list)
     feature: list = field(default_factory=list)
 
+    def describe(self) -> str:
+        """e.g. 'speed (p=0.5), noise (p=0.3, no noise clips: does nothing), specaugment (p=1.0)'."""
+        parts = []
+        for function, params, prob in self.audio + self.feature:
+            note = ", no noise clips: does nothing" if function is add_noise and not params["noise_clips"] else ""
+            parts.append(f"{function.__name__} (p={prob}{note})")
+        return ", ".join(parts) or "none"
+
     def apply_audio(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return _apply(self.audio, samples, rng)
 

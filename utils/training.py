@@ -173,7 +173,8 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 loader=make_loader(train_set, sampler, 0 if t.deterministic else cfg.data.num_workers),
                 test_loader=make_eval_loader(test_set, t.batch_size, cfg.data.num_workers), log=log,
-                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None)
+                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
+                epoch_padding=[])
 
 
 def _start_from(run: _Run) -> None:
@@ -280,6 +281,7 @@ def _run_epoch(run: _Run) -> bool:
     t = run.cfg.train
     run.sampler.set_epoch(run.state.epoch, run.state.batch_in_epoch)
     num_batches = len(run.sampler)
+    run.epoch_padding = []  # padded frames / real frames of each batch, reported at the epoch's end
     losses, timing = [], dict.fromkeys(("reader", "batch", "utts", "audio", "padding", "batches"), 0.0)
     frame_seconds = 0.01
     tick = time.perf_counter()
@@ -293,6 +295,7 @@ def _run_epoch(run: _Run) -> bool:
         timing["utts"] += len(feat_lens) * run.world_size
         timing["audio"] += feat_lens.sum() * frame_seconds * run.world_size
         timing["padding"] += padding_waste(feat_lens)
+        run.epoch_padding.append(padding_waste(feat_lens))
         timing["batches"] += 1
         if loss is not None:
             losses.append(loss)
@@ -322,7 +325,8 @@ def _end_epoch(run: _Run) -> None:
                           f"test_{t.metrics_type}": result.error_rate})
     run.log.info(f"epoch {state.epoch + 1} test: loss {result.loss:.4f} {t.metrics_type} "
                  f"{result.error_rate:.4f} (best {state.best_metric:.4f} at epoch {state.best_epoch + 1}), "
-                 f"{len(result.references)} utterances in {result.wall_seconds:.1f}s")
+                 f"{len(result.references)} utterances in {result.wall_seconds:.1f}s; training padding waste "
+                 f"{np.mean(run.epoch_padding or [0.0]):.3f} (padded / real frames)")
     run.log.scalar("Test/Loss", result.loss, state.epoch + 1)
     run.log.scalar(f"Test/{t.metrics_type}", result.error_rate, state.epoch + 1)
     finished_epoch = state.epoch
@@ -357,6 +361,7 @@ def train(cfg: Config) -> str:
         run.log.info(f"model: {count_parameters(run.model) / 1e6:.2f}M parameters, {len(run.vocabulary)} tokens, "
                      f"{len(run.train_set)} training utterances, {world_size} process(es), "
                      f"{os.environ.get('OMP_NUM_THREADS')} thread(s) each, batch {cfg.train.batch_size} per process")
+        run.log.info(f"augmentation: {run.train_set.augmentation.describe()}")
         return _loop(run)
 
 
@@ -387,6 +392,8 @@ def _loop(run: _Run) -> str:
         signal.signal(signal.SIGTERM, previous)
         run.log.close()
     best = run.state.best_metric
+    if run.rank != 0:
+        return ""  # rank 0 reports for all
     return (f"trained {run.state.step} steps in {format_duration(time.perf_counter() - start)}; "
             f"best {t.metrics_type}={best if best is None else round(best, 4)} at epoch {run.state.best_epoch + 1}; "
             f"models in {run.model_root}")
