@@ -1,0 +1,107 @@
+"""The benchmarks run end to end in --quick mode and report the keys the README and issue 6 use.
+
+Timings are never checked here (benchmarks print them; tests do not time anything); the
+FLOP count and padding figures, which are arithmetic, are pinned.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.bench_common import summarize
+from tools.bench_train import epoch_padding, forward_flops, train_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
+
+
+def test_summarize_pins_min_median_max():
+    assert summarize([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "mean": 2.0, "n": 3}
+    assert summarize([]) == {"n": 0}
+
+
+def test_flops_counted_from_shapes():
+    # feats [2, 10, 8]; conv 1->4 channels, 3x3, stride 2: [4, 4, 5] -> 2*1*4*3*3*4*5 = 1440;
+    # GRU 16 -> 5: 3 gates * 2*(16+5)*5 = 630 per step; head 2*5*6 = 60 per step; 5 steps.
+    cfg = {"conv_channels": [4], "conv_kernels": [[3, 3]], "conv_strides": [[2, 2]], "rnn_type": "gru",
+           "num_rnn_layers": 1, "rnn_size": 5, "bidirectional": False}
+    assert forward_flops(cfg, 8, 6, 2, 10) == 2 * (1440 + 5 * (630 + 60))
+    assert train_flops(cfg, 8, 6, [(2, 10)]) == 3 * 2 * (1440 + 5 * (630 + 60))
+    lstm = dict(cfg, rnn_type="lstm", bidirectional=True)  # 4 gates, 2 directions, head sees 10 inputs
+    assert forward_flops(lstm, 8, 6, 1, 10) == 1440 + 5 * (2 * 4 * 2 * (16 + 5) * 5 + 2 * 10 * 6)
+
+
+def test_padding_of_sorted_first_epoch_is_zero_for_equal_pairs():
+    padding = epoch_padding([1.0, 2.0, 1.0, 2.0], batch_size=2, seed=0, epochs=2)
+    assert padding["sampler_per_epoch"][0] == 0.0  # SortaGrad pairs the equal durations
+    assert len(padding["random_batches_per_epoch"]) == 2
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    result = subprocess.run([sys.executable, "tools/bench_all.py", "--quick", "--corpus", "synthetic",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train demo pipeline ratio" in result.stdout  # the table
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bench_all_report_has_machine_and_every_benchmark(report):
+    assert {"cpu_model", "usable_cores", "load_average_1_5_15", "thread_settings", "date"} <= set(report["machine"])
+    assert set(report["benchmarks"]) == {"create_data", "train", "decode"}
+    for bench in report["benchmarks"].values():
+        assert "error" not in bench, bench.get("error")
+
+
+@pytest.mark.slow
+def test_bench_train_keys(report):
+    train = report["benchmarks"]["train"]
+    demo = train["demo"]
+    for part in ("with_loader", "bare_step"):
+        assert SUMMARY_KEYS <= set(demo[part]["audio_s_per_s"])
+        assert {"reader_share", "reader_share_steady", "gflops", "roof_fraction", "utterances_per_s"} <= \
+            set(demo[part])
+    assert SUMMARY_KEYS <= set(demo["pipeline_ratio"]) and SUMMARY_KEYS <= set(demo["pipeline_ratio_steady"])
+    assert demo["gemm"]["roof_gflops"] > 0
+    assert set(demo["levers"]) == {"num_workers_0", "num_workers_2", "augmentation_off_num_workers_1",
+                                   "numpy_blas_1_thread_num_workers_1"}
+    assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
+    assert {"subset", "full_corpus"} <= set(demo["padding_waste"])
+    assert "with_loader" in train["peer_equivalent"]
+    tuned = train["peer_equivalent_mkl_stock_1_thread"]
+    assert tuned["thread_settings"]["OMP_NUM_THREADS"] == "1" and "with_loader" in tuned
+    assert {"mkl_stock_threads_1", "mkl_5_threads_1", "mkl_stock_threads_2", "mkl_5_threads_2",
+            "mkl_stock_threads_2_passive_wait", "speedups_across_processes"} <= set(train["threads"])
+    assert train["threads"]["mkl_stock_threads_2_passive_wait"]["thread_settings"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert train["threads"]["mkl_stock_threads_1"]["thread_settings"]["MKL_DEBUG_CPU_TYPE"] is None
+    assert train["threads"]["mkl_5_threads_2"]["thread_settings"]["OMP_NUM_THREADS"] == "2"
+    assert {"audio_s_per_s", "step_s", "gflops"} <= set(train["reference"])
+    assert {"demo_reader_share", "demo_pipeline_ratio", "demo_roof_fraction",
+            "peer_equivalent_audio_s_per_s"} <= set(train["verdicts"])
+
+
+@pytest.mark.slow
+def test_bench_decode_keys(report):
+    decode = report["benchmarks"]["decode"]
+    assert {"forward_greedy_ms_per_audio_s_checkpoint", "forward_greedy_ms_per_audio_s_exported_1_thread",
+            "greedy_decode_only_ms_per_audio_s"} <= set(decode["greedy"])
+    assert {"lm_1_process", "lm_2_processes", "no_lm_1_process", "scorer_load_s"} <= set(decode["beam_search"])
+    assert decode["beam_search"]["beam_size"] == 300
+    assert {"checkpoint_ms", "exported_1_thread_ms", "exported_1_thread_blas_1_ms", "file_s",
+            "exported_1_thread_forward_only_ms", "load_and_features_ms"} <= set(decode["infer_8s"])
+    assert {"ms_per_audio_s", "ms_per_audio_s_blas_1"} <= set(decode["eval_path"]["exported_1_thread"])
+    assert decode["infer_8s"]["file_s"] == 8.0
+    assert {"greedy_ms_per_audio_s", "infer_8s_exported_ms", "beam_rtf_per_core"} <= set(decode["verdicts"])
+
+
+@pytest.mark.slow
+def test_bench_create_data_keys(report):
+    create = report["benchmarks"]["create_data"]
+    assert "audio_hours_per_wall_hour_per_core" in create["throughput"]["create_data"]
+    assert "growth_mb_process" in create["memory"]

@@ -1,0 +1,575 @@
+"""Benchmark training on this CPU; prints one JSON report (progress on stderr).
+
+    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 8] [--repeats 2]
+
+On a corpus of 2-4 s clips (the demo corpus when built, else one generated once with
+espeak-ng into bench/corpus) it measures, each part in its own worker process so that the
+thread variables can differ (numpy and Paddle read them at load time):
+
+demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
+  - throughput through the real loader: utils/training.py's `_run_epoch` over the real
+    DataLoader (augmentation as configured), audio seconds and utterances per wall second;
+  - the share of the loop spent waiting for data (reader cost / batch cost; target < 10 %);
+  - the same `_run_epoch` over the same batches pre-computed as tensors (the bare step), in
+    alternating passes; pipeline overhead = loop wall / bare wall (target <= 1.05), also
+    without the first batch (worker start-up, paid once per epoch);
+  - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
+    2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
+    2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
+    (2048^2, numpy and paddle.matmul) measured in the same process (target >= 50 %);
+  - padding waste (padded / real frames) per epoch of the SortaGrad sampler, against
+    random batches;
+  - the loader's CPU per batch (features + augmentation, measured in-process) against the
+    bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
+  - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, numpy's BLAS on one
+    thread (its idle threads spin and take the core from the step), augmentation off.
+peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
+  80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
+  (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
+  once with the toolkit's thread defaults and once with MKL as shipped on one thread.
+threads: bare steps of the demo model, the loader's feature CPU and the GEMM roof with
+  MKL_DEBUG_CPU_TYPE unset/5 x OMP_NUM_THREADS (and OPENBLAS_NUM_THREADS) 1/2, plus OpenMP
+  threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
+  process per setting.
+reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
+  1024), a few bare steps.
+
+Ratios are measured inside one process, because this machine is shared and noisy; the
+figures across processes (threads) are only as steady as the load (reported).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.bench_common import (FRAME_SECONDS, ROOT, blas_threads, configure_threads, emit,  # noqa: E402
+                                find_corpus, gemm_roof, load_average, log, machine_info, merge_roofs,
+                                ratio, rounded, run_json, stdout_to_stderr, summarize, usable_cores,
+                                write_subset)
+
+PEER = {"name": "PPASR 2.4.8 small DeepSpeech2", "audio_s_per_s_stock": 67.5, "audio_s_per_s_mkl_fix": 124.0,
+        "pipeline_ratio": [1.09, 1.19], "achieved_gflops": 26.0, "reference_audio_s_per_s": 4.0,
+        "source": "../shared/facts.md and issue 6: measured on a 2-core AMD EPYC, not in this run; compare "
+                  "machine.cpu_vendor before reading the ratios"}
+PEER_MODEL = {"conv_channels": [32, 32], "conv_kernels": [[3, 3], [3, 3]], "conv_strides": [[2, 2], [2, 2]],
+              "rnn_type": "lstm", "num_rnn_layers": 3, "rnn_size": 256, "bidirectional": False}
+TARGETS = {"reader_share_max": 0.10, "pipeline_ratio_max": 1.05, "roof_fraction_min": 0.5,
+           "peer_speedup_min": 2.0}
+CLIP_SECONDS = (2.0, 4.0)
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}  # OpenMP threads sleep instead of spinning
+MEASURED_EPOCH = 1  # a shuffled epoch (epoch 0 is SortaGrad's sorted one)
+PADDING_EPOCHS = 4
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def forward_flops(model_cfg: dict, feat_dim: int, vocab_size: int, batch: int, frames: int) -> float:
+    """Multiply-adds x 2 of one forward pass over a padded batch [batch, frames, feat_dim]."""
+    from utils.model import conv_output_length
+
+    height, width, channels_in, conv = feat_dim, frames, 1, 0.0
+    for channels, kernel, stride in zip(model_cfg["conv_channels"], model_cfg["conv_kernels"],
+                                        model_cfg["conv_strides"]):
+        height = conv_output_length(height, kernel[0], stride[0])
+        width = conv_output_length(width, kernel[1], stride[1])
+        conv += 2.0 * channels_in * channels * kernel[0] * kernel[1] * height * width
+        channels_in = channels
+    gates = 3 if model_cfg["rnn_type"] == "gru" else 4
+    directions = 2 if model_cfg["bidirectional"] else 1
+    hidden, size_in, rnn = model_cfg["rnn_size"], channels_in * height, 0.0
+    for _ in range(model_cfg["num_rnn_layers"]):
+        rnn += directions * gates * 2.0 * (size_in + hidden) * hidden
+        size_in = hidden * directions
+    head = 2.0 * size_in * vocab_size
+    return batch * (conv + width * (rnn + head))
+
+
+def train_flops(model_cfg: dict, feat_dim: int, vocab_size: int, shapes: list) -> float:
+    """Forward + backward (about 2x forward) over batches given as (batch, frames)."""
+    return sum(3.0 * forward_flops(model_cfg, feat_dim, vocab_size, b, t) for b, t in shapes)
+
+
+# ----------------------------------------------------------------------------- padding
+def epoch_padding(durations: list[float], batch_size: int, seed: int, epochs: int) -> dict:
+    """Padded / real frames per epoch of the training sampler, and of random batches for contrast."""
+    import numpy as np
+
+    from utils.data import epoch_batches
+    from utils.features import num_frames
+
+    frames = np.array([num_frames(int(d * 16000), "fbank") for d in durations], dtype=np.int64)
+
+    def waste(batches) -> float:
+        real = sum(int(frames[b].sum()) for b in batches)
+        return rounded(sum(int(frames[b].max()) * len(b) for b in batches) / max(1, real) - 1.0)
+
+    rng = np.random.default_rng(seed)
+    sampler = [waste(epoch_batches(np.asarray(durations), batch_size, epoch, seed)) for epoch in range(epochs)]
+    random = [waste(np.array_split(rng.permutation(len(frames)), max(1, len(frames) // batch_size)))
+              for _ in range(epochs)]
+    return {"utterances": len(durations), "batch_size": batch_size, "sampler_per_epoch": sampler,
+            "random_batches_per_epoch": random}
+
+
+# ----------------------------------------------------------------------------- worker: passes
+class TimedLoader:
+    """Wraps a loader (or a list of batches): time waiting in next() (reader cost) and between
+    batches (the step), and the batch shapes."""
+
+    def __init__(self, source):
+        self.source, self.waits, self.steps, self.feat_lens, self.shapes = source, [], [], [], []
+
+    def __iter__(self):
+        import numpy as np
+
+        start = time.perf_counter()
+        iterator, last = iter(self.source), None
+        while True:
+            if last is not None:
+                start = time.perf_counter()
+                self.steps.append(start - last)
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waits.append(time.perf_counter() - start)
+            lens = np.asarray(batch[1])
+            self.feat_lens.append(lens)
+            self.shapes.append((int(batch[0].shape[0]), int(batch[0].shape[1])))
+            last = time.perf_counter()
+            yield batch
+
+
+def run_pass(run, source) -> dict:
+    """One pass of utils.training._run_epoch over `source`; wall, waits, steps, shapes."""
+    from utils import training
+
+    timed = TimedLoader(source)
+    run.loader = timed
+    run.state.epoch, run.state.batch_in_epoch = MEASURED_EPOCH, 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with stdout_to_stderr():
+        training._run_epoch(run)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    real_frames = sum(int(lens.sum()) for lens in timed.feat_lens)
+    first = timed.waits[0] + (timed.steps[0] if timed.steps else 0.0)
+    return {"wall_s": wall, "steady_wall_s": wall - first, "cpu_s": cpu, "waits": timed.waits, "steps": timed.steps,
+            "shapes": timed.shapes, "audio_s": real_frames * FRAME_SECONDS,
+            "utterances": sum(len(lens) for lens in timed.feat_lens),
+            "padded_frames": sum(b * t for b, t in timed.shapes), "real_frames": real_frames}
+
+
+def precompute(dataset, sampler) -> list:
+    """The batches the loader would yield for this epoch, as tensors, computed here (one core).
+    PIPELINE_CPU records the seconds per batch: what the loader workers spend per batch."""
+    import paddle
+
+    from utils.data import collate
+
+    sampler.set_epoch(MEASURED_EPOCH, 0)
+    dataset[next(iter(sampler))[0]]  # first-call costs (librosa import, mel matrix) are not per batch
+    batches, start, cpu_start = [], time.perf_counter(), time.process_time()
+    for keys in sampler:
+        batches.append(collate([dataset[key] for key in keys]))
+    count = max(1, len(batches))
+    PIPELINE_CPU.append({"cpu_s": (time.process_time() - cpu_start) / count,
+                         "wall_s": (time.perf_counter() - start) / count})
+    return [[paddle.to_tensor(a) for a in batch] for batch in batches]
+
+
+PIPELINE_CPU: list[dict] = []  # per precompute() call: CPU and wall seconds per batch (features, collate)
+
+
+def pair(run, loader, bare_batches, label: str, bare_first: bool = False) -> dict:
+    """A loader pass and a bare pass over the same batches (in either order, to cancel drift)."""
+    log(f"  {label}: loader and bare passes ({'bare' if bare_first else 'loader'} first)")
+    bare = run_pass(run, bare_batches) if bare_first else None
+    with_loader = run_pass(run, loader)
+    bare = bare or run_pass(run, bare_batches)
+    log(f"  {label}: {with_loader['wall_s']:.2f} s with the loader, {bare['wall_s']:.2f} s bare")
+    if with_loader["shapes"] != bare["shapes"]:
+        raise RuntimeError(f"{label}: the loader's batch shapes {with_loader['shapes']} differ from the "
+                           f"pre-computed ones {bare['shapes']}; the comparison would be unfair")
+    return {"loader": with_loader, "bare": bare}
+
+
+def pass_figures(passes: list[dict], flops: float, roof: float) -> dict:
+    """Throughput, reader share and GFLOP/s of repeated passes over the same batches."""
+    walls = [p["wall_s"] for p in passes]
+    waits = [w for p in passes for w in p["waits"]]
+    steady_waits = [w for p in passes for w in p["waits"][1:]]
+    audio, utts = passes[0]["audio_s"], passes[0]["utterances"]
+    steady_share = sum(steady_waits) / max(1e-9, sum(p["steady_wall_s"] for p in passes))
+    return {"wall_s": summarize(walls), "main_process_cpu_s": summarize([p["cpu_s"] for p in passes]),
+            "audio_s_per_pass": rounded(audio),
+            "audio_s_per_s": summarize([audio / w for w in walls]),
+            "utterances_per_s": summarize([utts / w for w in walls]),
+            "batch_cost_s": summarize([w + s for p in passes for w, s in zip(p["waits"], p["steps"])]),
+            "reader_cost_s": summarize(waits), "first_batch_wait_s": summarize([p["waits"][0] for p in passes]),
+            "reader_share": rounded(sum(waits) / sum(walls)), "reader_share_steady": rounded(steady_share),
+            "gflops": summarize([flops / w / 1e9 for w in walls]),
+            "roof_fraction": rounded(flops / statistics.median(walls) / 1e9 / roof)}
+
+
+def pipeline_cpu(features: dict, bare: dict) -> dict:
+    """The loader's CPU per batch (measured here, in this process's thread settings, which forked
+    workers inherit) against the bare step's CPU: on saturated cores the workers can only take
+    their CPU from the step, so 1 + share is the pipeline ratio to expect there."""
+    batches_per_pass = bare["batch_cost_s"]["n"] // max(1, bare["wall_s"]["n"])
+    step_cpu = bare["main_process_cpu_s"]["median"] / max(1, batches_per_pass)
+    return {"features_cpu_s_per_batch": rounded(features["cpu_s"]),
+            "features_wall_s_per_batch": rounded(features["wall_s"]),
+            "bare_step_cpu_s_per_batch": rounded(step_cpu),
+            "share": rounded(features["cpu_s"] / step_cpu) if step_cpu else None}
+
+
+def pairs_figures(pairs: list[dict], flops: float, roof: float) -> dict:
+    loader = pass_figures([p["loader"] for p in pairs], flops, roof)
+    bare = pass_figures([p["bare"] for p in pairs], flops, roof)
+    ratios = [p["loader"]["wall_s"] / p["bare"]["wall_s"] for p in pairs]
+    steady = [p["loader"]["steady_wall_s"] / max(1e-9, p["bare"]["steady_wall_s"]) for p in pairs]
+    shapes = pairs[0]["bare"]["shapes"]
+    return {"with_loader": loader, "bare_step": bare, "pipeline_ratio": summarize(ratios),
+            "pipeline_ratio_steady": summarize(steady), "batches": len(shapes),
+            "batch_shapes": [list(s) for s in shapes], "train_gflop_per_pass": rounded(flops / 1e9),
+            "padding_measured": rounded(pairs[0]["bare"]["padded_frames"] / pairs[0]["bare"]["real_frames"] - 1)}
+
+
+# ----------------------------------------------------------------------------- worker: set-up
+def worker_config(config_path: str, spec: dict, name: str, model_overrides: dict | None = None):
+    from utils.config import Config, load_yaml
+
+    cfg = Config()
+    load_yaml(cfg, str(ROOT / config_path))
+    d, t = cfg.data, cfg.train
+    d.train_manifest, d.test_manifest = spec["subset"], spec["corpus"]["test_manifest"]
+    d.dataset_vocab, d.mean_std_path = spec["corpus"]["vocabulary"], spec["corpus"]["mean_std"]
+    d.noise_manifest = spec["corpus"]["noise_manifest"]
+    d.min_duration, d.max_duration = 0.0, 1e9  # the subset is filtered already
+    if d.augment_conf_path:
+        d.augment_conf_path = str(ROOT / d.augment_conf_path)
+    t.save_model_path, t.log_dir, t.use_model = spec["work"] + "/models", spec["work"] + "/log", name
+    t.batch_size, t.num_iters_per_epoch = spec["batch_size"], spec["batches"]
+    t.log_interval, t.save_step, t.max_steps = 10 ** 9, 0, 0
+    for key, value in (model_overrides or {}).items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+def setup_run(cfg):
+    from utils import training
+
+    model_root = Path(cfg.train.save_model_path) / cfg.train.use_model
+    with stdout_to_stderr():
+        return training._setup(cfg, 0, 1, model_root)
+
+
+def model_dict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg.model)
+
+
+def warm_up(run, batches: list) -> float:
+    """One untimed step (allocations, first-call costs); returns its seconds."""
+    start = time.perf_counter()
+    run_pass(run, batches[:1])
+    return time.perf_counter() - start
+
+
+def roof_now(spec: dict) -> dict:
+    """The GEMM roof with numpy on every usable core (a threads worker: on its own thread count)."""
+    log("  GEMM roof")
+    return gemm_roof(spec["gemm_repeats"], spec["gemm_size"], spec.get("threads") or usable_cores())
+
+
+def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict | None, levers: bool) -> dict:
+    """Demo or peer configuration: alternating loader/bare passes, levers, roof before and after."""
+    roof_before = roof_now(spec)
+    cfg = worker_config(config_path, spec, name, model_overrides)
+    run = setup_run(cfg)
+    loader = run.loader  # run_pass replaces run.loader by its timing wrapper
+    feat_dim, vocab = run.model.feat_dim, len(run.vocabulary)
+    log(f"{name}: pre-computing {spec['batches']} batches of {spec['batch_size']}")
+    bare_batches = precompute(run.train_set, run.sampler)
+    flops = train_flops(model_dict(cfg), feat_dim, vocab, [tuple(b[0].shape[:2]) for b in bare_batches])
+    warm = warm_up(run, bare_batches)
+    pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
+             for i in range(spec["repeats"])]
+    roof_after = roof_now(spec)
+    roof = merge_roofs(roof_before, roof_after)
+    report = {"config": config_path, "model": model_dict(cfg), "feature_method": cfg.features.feature_method,
+              "feat_dim": feat_dim, "vocab_size": vocab, "batch_size": spec["batch_size"],
+              "num_workers": cfg.data.num_workers, "augmentation": cfg.data.augment_conf_path,
+              "warm_up_step_s": rounded(warm), "gemm": roof,
+              **pairs_figures(pairs, flops, roof["roof_gflops"])}
+    report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
+    if levers:
+        report["levers"] = loader_levers(run, cfg, spec, bare_batches, flops, roof["roof_gflops"])
+    durations = [u.duration for u in run.train_set.utterances]
+    report["padding_waste"] = {"subset": epoch_padding(durations, spec["batch_size"], cfg.train.seed,
+                                                       PADDING_EPOCHS)}
+    report["maxrss_mb"] = rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return report
+
+
+def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
+    """num_workers 0 and 2 (the config's 1 is the main figure), numpy's BLAS on 1 thread (forked
+    workers inherit it) and augmentation off, each a (loader, bare) pair on the same batches."""
+    from utils.data import SpeechDataset, make_loader
+
+    levers = {}
+    for workers in spec["lever_workers"]:
+        loader = make_loader(run.train_set, run.sampler, workers)
+        figures = pairs_figures([pair(run, loader, bare_batches, f"num_workers={workers}")], flops, roof)
+        levers[f"num_workers_{workers}"] = _lever_summary(figures)
+    with blas_threads(1) as blas:  # forked loader workers inherit the limit
+        figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread")], flops, roof)
+        levers[f"numpy_blas_1_thread_num_workers_{cfg.data.num_workers}"] = dict(_lever_summary(figures),
+                                                                                 blas_threads=blas)
+    plain = SpeechDataset(run.train_set.utterances, run.vocabulary, cfg.features.feature_method,
+                          cfg.features.sample_rate, cfg.features.n_mels, None, cfg.train.seed)
+    plain_batches = precompute(plain, run.sampler)
+    plain_flops = train_flops(model_dict(cfg), run.model.feat_dim, len(run.vocabulary),
+                              [tuple(b[0].shape[:2]) for b in plain_batches])
+    loader = make_loader(plain, run.sampler, cfg.data.num_workers)
+    figures = pairs_figures([pair(run, loader, plain_batches, "augmentation off")], plain_flops, roof)
+    levers[f"augmentation_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
+    return levers
+
+
+def run_loader(run, cfg):
+    from utils.data import make_loader
+
+    return make_loader(run.train_set, run.sampler, cfg.data.num_workers)
+
+
+def _lever_summary(figures: dict) -> dict:
+    return {"audio_s_per_s": figures["with_loader"]["audio_s_per_s"]["median"],
+            "bare_audio_s_per_s": figures["bare_step"]["audio_s_per_s"]["median"],
+            "pipeline_ratio": figures["pipeline_ratio"]["median"],
+            "pipeline_ratio_steady": figures["pipeline_ratio_steady"]["median"],
+            "reader_share": figures["with_loader"]["reader_share"],
+            "reader_share_steady": figures["with_loader"]["reader_share_steady"],
+            "first_batch_wait_s": figures["with_loader"]["first_batch_wait_s"]["median"]}
+
+
+def threads_worker(spec: dict) -> dict:
+    """Bare demo steps and the GEMM roof under this process's thread settings."""
+    roof = roof_now(spec)
+    cfg = worker_config("conf/demo.yml", spec, "threads")
+    cfg.data.augment_conf_path = None
+    run = setup_run(cfg)
+    batches = precompute(run.train_set, run.sampler)
+    flops = train_flops(model_dict(cfg), run.model.feat_dim, len(run.vocabulary),
+                        [tuple(b[0].shape[:2]) for b in batches])
+    warm = warm_up(run, batches)
+    passes = [run_pass(run, batches) for _ in range(spec["repeats"])]
+    figures = pass_figures(passes, flops, roof["roof_gflops"])
+    return {"warm_up_step_s": rounded(warm), "gemm": roof, "audio_s_per_s": figures["audio_s_per_s"],
+            "features_no_augmentation_per_batch": {k: rounded(v) for k, v in PIPELINE_CPU[0].items()},
+            "step_s": summarize([s + w for p in passes for w, s in zip(p["waits"], p["steps"])]),
+            "gflops": figures["gflops"], "roof_fraction": figures["roof_fraction"]}
+
+
+def reference_worker(spec: dict) -> dict:
+    """A few bare steps of conf/deepspeech2.yml on real 161-dim spectrograms of 2-4 s clips."""
+    import paddle
+
+    from utils import training
+    from utils.checkpoint import TrainState
+    from utils.config import Config, load_yaml
+    from utils.data import SpeechDataset, collate
+    from utils.features import feature_dim
+    from utils.manifest import read_manifest
+    from utils.model import build_model
+    from utils.text import Vocabulary
+
+    roof = roof_now(spec)
+    cfg = Config()
+    load_yaml(cfg, str(ROOT / "conf/deepspeech2.yml"))
+    cfg.train.batch_size = spec["ref_batch_size"]
+    f = cfg.features
+    vocabulary = Vocabulary.load(spec["corpus"]["vocabulary"])
+    utterances = read_manifest(spec["subset"])[:cfg.train.batch_size]
+    dataset = SpeechDataset(utterances, vocabulary, f.feature_method, f.sample_rate, f.n_mels)
+    dim = feature_dim(f.feature_method, f.sample_rate, f.n_mels)
+    model = build_model(cfg.model, dim, len(vocabulary))
+    run = training._Run(cfg=cfg, rank=0, world_size=1, model=model, parallel=model,
+                        optimizer=training.build_optimizer(cfg, model), scaler=None, train_set=dataset,
+                        state=TrainState(), nan_in_row=0)
+    batch = [paddle.to_tensor(a) for a in collate([dataset[i] for i in range(len(dataset))])]
+    model.train()
+    seconds = []
+    for step in range(spec["ref_steps"]):
+        start = time.perf_counter()
+        training._train_step(run, batch, step)
+        seconds.append(time.perf_counter() - start)
+        log(f"  reference step {step + 1}: {seconds[-1]:.1f} s")
+    timed_steps = seconds[1:] or seconds
+    audio = float(batch[1].numpy().sum()) * FRAME_SECONDS
+    shape = tuple(batch[0].shape[:2])
+    flops = train_flops(model_dict(cfg), dim, len(vocabulary), [shape])
+    step = statistics.median(timed_steps)
+    return {"config": "conf/deepspeech2.yml", "model": model_dict(cfg), "feature_method": f.feature_method,
+            "feat_dim": dim, "batch_shape": list(shape), "first_step_s": rounded(seconds[0]),
+            "step_s": summarize(timed_steps), "audio_s_per_s": rounded(audio / step),
+            "gflops": rounded(flops / step / 1e9), "roof_fraction": rounded(flops / step / 1e9 / roof["roof_gflops"]),
+            "gemm": roof, "maxrss_mb": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def worker_main(kind: str, spec: dict) -> None:
+    threads = configure_threads(spec.get("mkl", "toolkit"), spec.get("threads"), spec.get("extra_env"))
+    log(f"worker {kind}: {threads}, load {load_average()}")
+    started, load_start = time.perf_counter(), load_average()
+    if kind == "demo":
+        report = loader_worker(spec, "conf/demo.yml", "demo", None, levers=True)
+    elif kind == "peer":
+        report = loader_worker(spec, "conf/demo.yml", "peer", PEER_MODEL, levers=False)
+    elif kind == "threads":
+        report = threads_worker(spec)
+    elif kind == "reference":
+        report = reference_worker(spec)
+    else:
+        raise SystemExit(f"unknown worker {kind}")
+    report.update(thread_settings=threads, load_average_start=load_start, load_average_end=load_average(),
+                  worker_wall_s=rounded(time.perf_counter() - started))
+    emit(report)
+
+
+# ----------------------------------------------------------------------------- parent
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs (tests)")
+    parser.add_argument("--corpus", default="auto", help="auto, synthetic or a folder with create_data.py outputs")
+    parser.add_argument("--work_dir", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--utterances", type=int, default=None, help="2-4 s clips in the benchmark subset")
+    parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
+    parser.add_argument("--batches", type=int, default=None, help="batches per pass (8)")
+    parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (3)")
+    parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference"],
+                        help="parts to leave out")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
+    parser.add_argument("--_worker", help=argparse.SUPPRESS)
+    parser.add_argument("--_spec", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def sizes(args) -> dict:
+    quick = args.quick
+    pick = lambda value, full, small: value if value is not None else (small if quick else full)  # noqa: E731
+    return {"batch_size": pick(args.batch_size, 16, 4), "batches": pick(args.batches, 8, 2),
+            "repeats": pick(args.repeats, 3, 1), "ref_steps": pick(args.ref_steps, 3, 2),
+            "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
+            "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
+            "lever_workers": [0, 2], "threads_batches": 1 if quick else 3}
+
+
+def worker(kind: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
+    log(f"starting worker {kind} {env or ''}")
+    return run_json(["tools/bench_train.py", "--_worker", kind, "--_spec", json.dumps(spec)], env, timeout)
+
+
+def thread_levers(spec: dict, timeout: float) -> dict:
+    settings = {f"mkl_{mkl}_threads_{threads}": (mkl, threads, {}) for threads in (1, 2) for mkl in ("stock", "5")}
+    settings["mkl_stock_threads_2_passive_wait"] = ("stock", 2, PASSIVE_WAIT)
+    small = dict(spec, batches=spec["threads_batches"], repeats=1)
+    results = {name: worker("threads", dict(small, mkl=mkl, threads=threads, extra_env=extra), timeout)
+               for name, (mkl, threads, extra) in settings.items()}
+    rate = lambda name: (results[name].get("audio_s_per_s") or {}).get("median", float("nan"))  # noqa: E731
+    feature_cpu = lambda name: (results[name].get("features_no_augmentation_per_batch")  # noqa: E731
+                                or {}).get("cpu_s", float("nan"))
+    results["speedups_across_processes"] = {
+        "mkl_5_vs_stock_1_thread": ratio(rate("mkl_5_threads_1"), rate("mkl_stock_threads_1")),
+        "mkl_5_vs_stock_2_threads": ratio(rate("mkl_5_threads_2"), rate("mkl_stock_threads_2")),
+        "2_vs_1_threads_mkl_5": ratio(rate("mkl_5_threads_2"), rate("mkl_5_threads_1")),
+        "2_vs_1_threads_mkl_stock": ratio(rate("mkl_stock_threads_2"), rate("mkl_stock_threads_1")),
+        "passive_vs_default_wait_mkl_stock_2_threads": ratio(rate("mkl_stock_threads_2_passive_wait"),
+                                                             rate("mkl_stock_threads_2")),
+        "features_cpu_per_batch_blas_2_vs_1_threads": ratio(feature_cpu("mkl_5_threads_2"),
+                                                            feature_cpu("mkl_5_threads_1")),
+        "note": "each setting ran in its own process, one after another; as noisy as the load average"}
+    return results
+
+
+def verdicts(report: dict) -> dict:
+    demo, out = report.get("demo", {}), {}
+    if "with_loader" in demo:
+        out["demo_reader_share"] = {"value": demo["with_loader"]["reader_share"],
+                                    "target": f"< {TARGETS['reader_share_max']}",
+                                    "met": demo["with_loader"]["reader_share"] < TARGETS["reader_share_max"]}
+        value = demo["pipeline_ratio"]["median"]
+        out["demo_pipeline_ratio"] = {"value": value, "target": f"<= {TARGETS['pipeline_ratio_max']}",
+                                      "met": value <= TARGETS["pipeline_ratio_max"]}
+        value = demo["bare_step"]["roof_fraction"]
+        out["demo_roof_fraction"] = {"value": value, "target": f">= {TARGETS['roof_fraction_min']}",
+                                     "met": value >= TARGETS["roof_fraction_min"]}
+    for name in ("peer_equivalent", "peer_equivalent_mkl_stock_1_thread"):
+        peer = report.get(name, {})
+        if "with_loader" not in peer:
+            continue
+        value = peer["with_loader"]["audio_s_per_s"]["median"]
+        goal = TARGETS["peer_speedup_min"] * PEER["audio_s_per_s_stock"]
+        out[f"{name}_audio_s_per_s"] = {"value": value, "target": f">= {goal}", "met": value >= goal,
+                                        "vs_peer_stock": ratio(value, PEER["audio_s_per_s_stock"]),
+                                        "vs_peer_mkl_fix": ratio(value, PEER["audio_s_per_s_mkl_fix"])}
+        value = peer["pipeline_ratio"]["median"]
+        out[f"{name}_pipeline_ratio"] = {"value": value, "target": f"<= {TARGETS['pipeline_ratio_max']}",
+                                         "met": value <= TARGETS["pipeline_ratio_max"]}
+        value = peer["bare_step"]["roof_fraction"]
+        out[f"{name}_roof_fraction"] = {"value": value, "target": f">= {TARGETS['roof_fraction_min']}",
+                                        "met": value >= TARGETS["roof_fraction_min"]}
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._worker:
+        worker_main(args._worker, json.loads(args._spec))
+        return 0
+    size = sizes(args)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        work = Path(args.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report = {"tool": "bench_train", "quick": args.quick, "machine": machine_info(), "sizes": size}
+        # about 2/3 of the demo corpus's clips are 2-4 s long: generate enough for the subset
+        corpus = find_corpus(args.corpus, work, num_train=int(size["utterances"] * 1.7) + 16)
+        subset = write_subset(corpus.train_manifest, work / "bench.train", size["utterances"], *CLIP_SECONDS)
+        report.update(corpus=corpus.as_dict(), subset=subset, peer=PEER, targets=TARGETS)
+        spec = dict(size, corpus=corpus.as_dict(), subset=subset["manifest"], work=str(work))
+        if "demo" not in args.skip:
+            report["demo"] = worker("demo", spec, args.timeout)
+            report["demo"].setdefault("padding_waste", {})["full_corpus"] = full_corpus_padding(corpus, size)
+        if "peer" not in args.skip:
+            report["peer_equivalent"] = worker("peer", spec, args.timeout)
+            report["peer_equivalent_mkl_stock_1_thread"] = worker("peer", dict(spec, mkl="stock", threads=1),
+                                                                  args.timeout)
+        if "threads" not in args.skip:
+            report["threads"] = thread_levers(spec, args.timeout)
+        if "reference" not in args.skip:
+            report["reference"] = worker("reference", spec, args.timeout)
+        report["verdicts"] = verdicts(report)
+        report["load_average_end"] = load_average()
+    emit(report)
+    return 0
+
+
+def full_corpus_padding(corpus, size: dict) -> dict:
+    """Padding per epoch over every training utterance the demo config keeps (0.5-20 s)."""
+    from utils.manifest import read_manifest
+
+    durations = [u.duration for u in read_manifest(corpus.train_manifest, None, 0.5, 20.0)]
+    return epoch_padding(durations, size["batch_size"], 1000, PADDING_EPOCHS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
