@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 from utils.checkpoint import (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE, VOCAB_FILE, check_model_folder,
                               load_config)
 from utils.config import Config, save_config
-from utils.features import feature_dim, load_mean_std
+from utils.features import feature_dim
 from utils.model import build_model
 from utils.text import Vocabulary
 
@@ -131,6 +131,3 @@ def export_model(folder: str | Path, out_dir: str | Path) -> Path:
     tmp.rename(out_dir)
     return out_dir
 
-
-def check_normalizer(folder: str | Path) -> dict:
-    return load_mean_std(Path(folder) / NORMALIZER_FILE)
