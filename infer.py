@@ -5,32 +5,18 @@
 folder (exported or checkpoint) brings its config, vocabulary and normalizer.
 """
 import sys
-from pathlib import Path
 
-from utils.config import ConfigError, parse_args, print_config
-
-
-def model_folder(cfg) -> Path:
-    from utils.inference import default_model_folder
-
-    return Path(cfg.infer.model_path) if cfg.infer.model_path else default_model_folder(cfg)
+from utils.config import ConfigError
 
 
 def main() -> int:
-    from utils.inference import folder_config
-
-    chosen = []  # the folder is picked once, before its saved config applies
-
-    def base_config(c):
-        chosen.append(model_folder(c))
-        return folder_config(chosen[-1])
-
     try:
-        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
-        print_config(cfg, "infer.py")
+        from utils.inference import parse_model_args
+
+        cfg, folder = parse_model_args(__doc__, "infer.py", "infer.model_path")
         from utils.transcribe import run_infer
 
-        summary, failed = run_infer(cfg, chosen[-1])
+        summary, failed = run_infer(cfg, folder)
     except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

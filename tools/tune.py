@@ -11,13 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.config import ConfigError, parse_args, print_config  # noqa: E402
-
-
-def model_folder(cfg) -> Path:
-    from utils.inference import default_model_folder
-
-    return Path(cfg.train.resume_model) if cfg.train.resume_model else default_model_folder(cfg)
+from utils.config import ConfigError  # noqa: E402
 
 
 def tune(cfg, folder: Path) -> str:
@@ -50,18 +44,11 @@ def tune(cfg, folder: Path) -> str:
 
 
 def main() -> int:
-    from utils.inference import folder_config
-
-    chosen = []  # the folder is picked once, before its saved config (whose resume_model is training's) applies
-
-    def base_config(c):
-        chosen.append(model_folder(c))
-        return folder_config(chosen[-1])
-
     try:
-        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
-        print_config(cfg, "tune.py")
-        print(tune(cfg, chosen[-1]), flush=True)
+        from utils.inference import parse_model_args
+
+        cfg, folder = parse_model_args(__doc__, "tune.py", "train.resume_model")
+        print(tune(cfg, folder), flush=True)
     except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

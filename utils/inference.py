@@ -131,3 +131,25 @@ def export_model(folder: str | Path, out_dir: str | Path) -> Path:
     tmp.rename(out_dir)
     return out_dir
 
+
+
+def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Config, Path]:
+    """Config and model folder for a script that uses a trained model (eval, infer, tune).
+
+    The folder is the value of `folder_key` ("train.resume_model" or "infer.model_path") or
+    default_model_folder. It is picked once, before the config saved in it applies (that
+    config's resume_model is the training's, not ours); the command line then applies on top.
+    """
+    from utils.config import parse_args, print_config
+
+    chosen: list[Path] = []
+
+    def base_config(cfg: Config) -> Config | None:
+        section, key = folder_key.split(".")
+        explicit = getattr(getattr(cfg, section), key)
+        chosen.append(Path(explicit) if explicit else default_model_folder(cfg))
+        return folder_config(chosen[-1])
+
+    cfg = parse_args(description, default_config=None, base_config=base_config)
+    print_config(cfg, script)
+    return cfg, chosen[0]
