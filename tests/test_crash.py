@@ -66,6 +66,7 @@ def test_chaos_kills_lose_nothing_and_end_with_the_uninterrupted_weights(tmp_pat
     assert len(report["work_lost_batches"]["per_kill"]) == 4
     assert report["work_lost_batches"]["max"] <= 2
     assert report["leftovers_at_end"] == 0
+    assert report["curve_points_duplicated"] == 0 and report["curves_equal"]  # VisualDL shows each step once
     print(f"chaos: {time.perf_counter() - started:.1f} s, kills landed in {report['kills_by_phase']}")
 
 

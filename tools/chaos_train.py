@@ -26,7 +26,8 @@ folders must equal the reference run's: weights, optimizer state and training st
 
 Work lost per kill: the training batches done before the kill that the resumed run
 does again (those since the last committed save: at most --save_step, more without it),
-and whether an evaluation is redone. Without --train_manifest a synthetic corpus (tones
+and whether an evaluation is redone. The VisualDL curves must show every (tag, step) point
+of the reference run once. Without --train_manifest a synthetic corpus (tones
 spelling random words, numpy only) is written under the work folder; without
 --num_epoch, enough epochs are set for the kills asked. Prints one JSON object (with a
 kill_log, one entry per kill); exits 1 when a check failed.
@@ -50,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from utils.runlog import read_points  # noqa: E402  (after the sys.path line above)
 
 PHASES = ("startup", "step", "eval", "save", "swap")  # swap: the renames that put a written folder in place
 PHASE_WEIGHTS = (0.1, 0.3, 0.2, 0.25, 0.15)
@@ -477,6 +480,9 @@ def final_checks(args, report: dict) -> None:
     ref_epochs = sorted(p.name for p in ref_root.glob("epoch_*"))
     report["epoch_folders_equal"] = ref_epochs == sorted(p.name for p in chaos_root.glob("epoch_*")) and all(
         compare_folders(ref_root / n, chaos_root / n)["equal"] for n in ref_epochs)
+    ref_points, chaos_points = read_points(args.reference_log), read_points(args.chaos_log)
+    report["curve_points_duplicated"] = len(chaos_points) - len(set(chaos_points))
+    report["curves_equal"] = sorted(set(chaos_points)) == sorted(ref_points)  # same (tag, step) points
     lost = [entry.get("lost", 0) for entry in report["kill_log"]]
     report["work_lost_batches"] = {"per_kill": lost, "mean": round(sum(lost) / len(lost), 2) if lost else 0.0,
                                    "max": max(lost, default=0), "total": sum(lost)}
@@ -485,7 +491,8 @@ def final_checks(args, report: dict) -> None:
                     and report["checkpoints_went_back"] == 0
                     and report["resumed_behind_checkpoint"] == 0 and report["epochs_lost"] == 0
                     and report["final_weights_equal"] and report["best_model_equal"]
-                    and report["epoch_folders_equal"] and report["kills"] == args.kills)
+                    and report["epoch_folders_equal"] and report["kills"] == args.kills
+                    and report["curve_points_duplicated"] == 0 and report["curves_equal"])
 
 
 # ------------------------------------------------------------------ command line
@@ -529,6 +536,8 @@ def build_train_args(args, overrides: list[str], work: Path) -> tuple[list[str],
     chaos = base + [f"--save_model_path={work / 'chaos' / 'models'}", f"--log_dir={work / 'chaos' / 'log'}"]
     args.reference_root = str(work / "reference" / "models" / cfg.train.use_model)
     args.chaos_root = str(work / "chaos" / "models" / cfg.train.use_model)
+    args.reference_log = str(work / "reference" / "log" / cfg.train.use_model)
+    args.chaos_log = str(work / "chaos" / "log" / cfg.train.use_model)
     return ref, chaos
 
 

@@ -189,6 +189,10 @@ def _start_from(run: _Run) -> None:
         skipped = load_pretrained(run.model, run.cfg.train.pretrained_model)
         run.log.info(f"fine-tuning from {run.cfg.train.pretrained_model}; layers not loaded: "
                      f"{', '.join(skipped) or 'none'}")
+    dropped = run.log.start_curves(run.state.step, run.state.epoch)
+    if dropped:
+        since = f"after {folder}" if folder is not None else "by an earlier run (this one starts fresh)"
+        run.log.info(f"VisualDL: dropped {dropped} points logged {since}")
     if run.world_size > 1:
         run.parallel = paddle.DataParallel(run.model)
 
