@@ -158,3 +158,16 @@ def test_padding_does_not_change_an_utterances_logits(shape_name, rnn_type, bidi
     if bidirectional:  # control: with the padding declared as real frames, the backward RNN sees it
         leaky, _ = model(paddle.to_tensor(padded), paddle.to_tensor(np.array([long_, long_])))
         assert np.abs(leaky.numpy()[1, :frames] - alone.numpy()[0]).max() > 1e-2
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_log_softmax_is_exact_on_a_wide_vocabulary(scale):
+    """Against float64 numpy. Paddle's own CPU F.log_softmax is off by 174 at scale 30 (3.x)."""
+    from utils.model import log_softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 7, 3226)) * scale
+    shifted = logits - logits.max(-1, keepdims=True)
+    expected = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    ours = log_softmax(paddle.to_tensor(logits.astype(np.float32))).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=5e-5 * scale)

@@ -12,6 +12,7 @@ import paddle.nn.functional as F
 from utils.data import SpeechDataset, collate
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
+from utils.model import log_softmax
 from utils.text import BLANK_ID
 
 
@@ -57,7 +58,7 @@ def model_forward(model: paddle.nn.Layer):
         model.eval()
         logits, out_lens = model(feats, feat_lens)
         loss = ctc_loss_per_utterance(logits, out_lens, labels, label_lens)
-        return F.log_softmax(logits, axis=-1).numpy(), out_lens.numpy(), float(loss.sum())
+        return log_softmax(logits).numpy(), out_lens.numpy(), float(loss.sum())
     return forward
 
 
