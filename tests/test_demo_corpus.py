@@ -1,4 +1,5 @@
 """The embedded demo corpus generator: tiny corpora built into pytest's tmp_path."""
+import collections
 import os
 import re
 import shutil
@@ -173,3 +174,12 @@ def test_zh_corpus_is_cjk_only(tmp_path):
     assert len(lm) > 10000 and all(ZH_RE.match(s) for s in lm)
     assert not set(t for _, t in read_annotation(tmp_path, 'test')) & set(lm)
     assert meta['params']['lang'] == 'zh'
+
+
+@_needs('zh')
+def test_zh_spoken_sentences_use_only_the_common_characters():
+    spoken, lm = demo_text.load_sentences('zh', 4, 14)
+    counts = collections.Counter(char for s in lm for char in s)
+    common = {char for char, _ in counts.most_common(demo_text.ZH_SPOKEN_CHARS)}
+    assert len(spoken) > 5000 and len(lm) > len(spoken)
+    assert set().union(*map(set, spoken)) <= common

@@ -39,7 +39,7 @@ if __package__ in (None, ''):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools import demo_text  # noqa: E402
 
-VERSION = 1  # bump when the output for the same parameters changes
+VERSION = 2  # bump when the output for the same parameters changes
 SAMPLE_RATE = 16000
 # spoken sentence length: words (en) or characters (zh); about 1.5-5 s of audio
 LENGTHS = {'en': (4, 12), 'zh': (4, 14)}
