@@ -69,8 +69,9 @@ def test_bench_train_keys(report):
             set(demo[part])
     assert SUMMARY_KEYS <= set(demo["pipeline_ratio"]) and SUMMARY_KEYS <= set(demo["pipeline_ratio_steady"])
     assert demo["gemm"]["roof_gflops"] > 0
-    assert set(demo["levers"]) == {"num_workers_0", "num_workers_2", "augmentation_off_num_workers_1",
-                                   "numpy_blas_1_thread_num_workers_1"}
+    workers = demo["num_workers"]  # conf/demo.yml's; the other counts are levers
+    assert set(demo["levers"]) == {f"num_workers_{w}" for w in (0, 1, 2) if w != workers} | {
+        f"augmentation_off_num_workers_{workers}", f"numpy_blas_1_thread_num_workers_{workers}"}
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
     assert {"subset", "full_corpus"} <= set(demo["padding_waste"])
     assert "with_loader" in train["peer_equivalent"]

@@ -43,6 +43,7 @@ def _get(report: dict, *keys, default=None):
 def table_rows(benchmarks: dict) -> list[tuple[str, object, str]]:
     """(figure, value, target) for the short table."""
     c, t, d = (benchmarks.get(name, {}) for name in BENCHMARKS)
+    workers = _get(t, "demo", "num_workers", default=0)
     rows = [
         ("create_data audio-h per wall-h per core", _get(c, "throughput", "create_data",
                                                          "audio_hours_per_wall_hour_per_core"), ">= 500"),
@@ -64,9 +65,13 @@ def table_rows(benchmarks: dict) -> list[tuple[str, object, str]]:
                                                                   "with_loader", "audio_s_per_s", "median"),
          ">= 135"),
         ("train demo pipeline ratio, numpy BLAS 1 thread", _get(t, "demo", "levers",
-                                                                "numpy_blas_1_thread_num_workers_1",
+                                                                f"numpy_blas_1_thread_num_workers_{workers}",
                                                                 "pipeline_ratio"), "<= 1.05"),
+        ("train demo pipeline ratio, features in a thread (num_workers 0)",
+         _get(t, "demo", "levers", "num_workers_0", "pipeline_ratio"), ""),
         ("train reference audio-s/s", _get(t, "reference", "audio_s_per_s"), "(peer 4.0)"),
+        ("train reference AMP / float32 speedup (GPU only)", _get(t, "reference", "gpu_amp", "speedup_vs_float32",
+                                                                  default="no GPU"), ""),
         ("train MKL_DEBUG_CPU_TYPE=5 speedup, 1 thread", _get(t, "threads", "speedups_across_processes",
                                                               "mkl_5_vs_stock_1_thread"), ""),
         ("train 2 vs 1 threads speedup (MKL stock)", _get(t, "threads", "speedups_across_processes",

@@ -32,7 +32,8 @@ threads: bare steps of the demo model, the loader's feature CPU and the GEMM roo
   threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
   process per setting.
 reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
-  1024), a few bare steps.
+  1024), a few bare steps; on a GPU build with a GPU also the same steps under AMP O1
+  (gpu_amp: throughput and speedup over float32).
 
 Ratios are measured inside one process, because this machine is shared and noisy; the
 figures across processes (threads) are only as steady as the load (reported).
@@ -322,12 +323,12 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
 
 
 def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
-    """num_workers 0 and 2 (the config's 1 is the main figure), numpy's BLAS on 1 thread (forked
+    """num_workers 0, 1 and 2 but the config's (the main figure), numpy's BLAS on 1 thread (forked
     workers inherit it) and augmentation off, each a (loader, bare) pair on the same batches."""
     from utils.data import SpeechDataset, make_loader
 
     levers = {}
-    for workers in spec["lever_workers"]:
+    for workers in [w for w in spec["lever_workers"] if w != cfg.data.num_workers]:
         loader = make_loader(run.train_set, run.sampler, workers)
         figures = pairs_figures([pair(run, loader, bare_batches, f"num_workers={workers}")], flops, roof)
         levers[f"num_workers_{workers}"] = _lever_summary(figures)
@@ -408,20 +409,36 @@ def reference_worker(spec: dict) -> dict:
                         state=TrainState(), nan_in_row=0)
     batch = [paddle.to_tensor(a) for a in collate([dataset[i] for i in range(len(dataset))])]
     model.train()
-    seconds = []
-    for step in range(spec["ref_steps"]):
-        start = time.perf_counter()
-        training._train_step(run, batch, step)
-        seconds.append(time.perf_counter() - start)
-        log(f"  reference step {step + 1}: {seconds[-1]:.1f} s")
+    gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+    def time_steps(label: str) -> list:
+        seconds = []
+        for step in range(spec["ref_steps"]):
+            start = time.perf_counter()
+            training._train_step(run, batch, step)
+            if gpu:
+                paddle.device.synchronize()
+            seconds.append(time.perf_counter() - start)
+            log(f"  reference{label} step {step + 1}: {seconds[-1]:.3f} s")
+        return seconds
+
+    seconds = time_steps("")
     timed_steps = seconds[1:] or seconds
     audio = float(batch[1].numpy().sum()) * FRAME_SECONDS
     shape = tuple(batch[0].shape[:2])
     flops = train_flops(model_dict(cfg), dim, len(vocabulary), [shape])
     step = statistics.median(timed_steps)
+    amp = {"skipped": "no GPU"}
+    if gpu:  # the same steps under AMP O1 with a loss scaler, as train.py --use_amp=true runs them
+        run.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15)
+        amp_seconds = time_steps(" AMP")
+        amp_step = statistics.median(amp_seconds[1:] or amp_seconds)
+        amp = {"step_s": summarize(amp_seconds[1:] or amp_seconds), "audio_s_per_s": rounded(audio / amp_step),
+               "speedup_vs_float32": ratio(step, amp_step)}
     return {"config": "conf/deepspeech2.yml", "model": model_dict(cfg), "feature_method": f.feature_method,
-            "feat_dim": dim, "batch_shape": list(shape), "first_step_s": rounded(seconds[0]),
-            "step_s": summarize(timed_steps), "audio_s_per_s": rounded(audio / step),
+            "device": paddle.device.get_device(), "feat_dim": dim, "batch_shape": list(shape),
+            "first_step_s": rounded(seconds[0]), "step_s": summarize(timed_steps),
+            "audio_s_per_s": rounded(audio / step), "gpu_amp": amp,
             "gflops": rounded(flops / step / 1e9), "roof_fraction": rounded(flops / step / 1e9 / roof["roof_gflops"]),
             "gemm": roof, "maxrss_mb": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -471,7 +488,7 @@ def sizes(args) -> dict:
             "repeats": pick(args.repeats, 3, 1), "ref_steps": pick(args.ref_steps, 3, 2),
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
-            "lever_workers": [0, 2], "threads_batches": 1 if quick else 3}
+            "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3}
 
 
 def worker(kind: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
