@@ -74,6 +74,8 @@ def test_bench_train_keys(report):
         f"augmentation_off_num_workers_{workers}", f"numpy_blas_1_thread_num_workers_{workers}"}
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
     assert {"subset", "full_corpus"} <= set(demo["padding_waste"])
+    assert {"lines_200", "lines_2000", "growth_mb", "manifest_growth_mb"} <= set(train["memory"])
+    assert train["memory"]["lines_2000"]["maxrss_mb"] > 0
     assert "with_loader" in train["peer_equivalent"]
     tuned = train["peer_equivalent_mkl_stock_1_thread"]
     assert tuned["thread_settings"]["OMP_NUM_THREADS"] == "1" and "with_loader" in tuned
@@ -105,4 +107,4 @@ def test_bench_decode_keys(report):
 def test_bench_create_data_keys(report):
     create = report["benchmarks"]["create_data"]
     assert "audio_hours_per_wall_hour_per_core" in create["throughput"]["create_data"]
-    assert "growth_mb_process" in create["memory"]
+    assert "growth_mb_process" in create["memory"] and {"lines_500", "lines_2000"} <= set(create["memory"])

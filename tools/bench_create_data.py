@@ -6,7 +6,7 @@ symlinks to a few hundred distinct files) it measures, in one run:
   CPU-hour, run in a fresh process like `python create_data.py`;
 - the bare cost of reading every utterance with soundfile.read in one process, and the
   ratio of the two walls;
-- peak memory (ru_maxrss of the process and of its largest worker) with 1k and 10k
+- peak memory (ru_maxrss of the process and of its largest worker) with 1k, 10k and 100k
   manifest lines (audio repeats, statistics sample fixed), to show memory does not grow
   with the manifest beyond the manifest itself.
 
@@ -36,7 +36,7 @@ SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 1.0, 4.0
 WORDS = "the quick brown fox jumps over a lazy dog while seven pale kings sing of rain".split()
 TARGET_HOURS_PER_CORE = 500.0
-MEMORY_LINES = (1000, 10000)
+MEMORY_LINES = (1000, 10000, 100000)  # --memory_lines changes them (the tests use fewer)
 MEMORY_NUM_SAMPLES = 200  # the statistics sample is bounded; both memory runs decode the same amount
 KIB = 1024.0
 
@@ -139,14 +139,14 @@ def throughput(tmp: Path, unique: list, utterances: int, workers: int) -> dict:
     }
 
 
-def memory(tmp: Path, unique: list, workers: int) -> dict:
+def memory(tmp: Path, unique: list, workers: int, counts: tuple = MEMORY_LINES) -> dict:
     runs = {}
-    for lines in MEMORY_LINES:
+    for lines in counts:
         listing, _, _ = write_corpus(tmp / "memory", unique, lines, link=False, seed=2)
         run = measure(listing, tmp / f"memory_out_{lines}", workers, MEMORY_NUM_SAMPLES)
         runs[f"lines_{lines}"] = {k: run[k] for k in ("maxrss_mb_process", "maxrss_mb_largest_worker",
                                                        "manifest_mb", "process_wall_s")}
-    small, large = (runs[f"lines_{n}"] for n in MEMORY_LINES)
+    small, large = runs[f"lines_{counts[0]}"], runs[f"lines_{counts[-1]}"]
     runs["growth_mb_process"] = round(large["maxrss_mb_process"] - small["maxrss_mb_process"], 1)
     runs["growth_mb_largest_worker"] = round(large["maxrss_mb_largest_worker"] - small["maxrss_mb_largest_worker"], 1)
     return runs
@@ -156,6 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=3000, help="utterances in the throughput corpus")
     parser.add_argument("--unique", type=int, default=300, help="distinct audio files behind them")
+    parser.add_argument("--memory_lines", type=lambda text: tuple(int(n) for n in text.split(",")),
+                        default=MEMORY_LINES, help="manifest sizes of the memory runs, comma-separated")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="create_data workers")
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +169,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         unique = write_unique_audio(tmp / "audio", args.unique, seed=0)
         report = {"throughput": throughput(tmp, unique, args.utterances, args.workers),
-                  "memory": memory(tmp, unique, args.workers), "cpu_count": os.cpu_count()}
+                  "memory": memory(tmp, unique, args.workers, args.memory_lines), "cpu_count": os.cpu_count()}
     print(json.dumps(report, indent=2))
 
 

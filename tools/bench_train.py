@@ -31,6 +31,8 @@ threads: bare steps of the demo model, the loader's feature CPU and the GEMM roo
   MKL_DEBUG_CPU_TYPE unset/5 x OMP_NUM_THREADS (and OPENBLAS_NUM_THREADS) 1/2, plus OpenMP
   threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
   process per setting.
+memory: peak RSS of train.py's set-up plus a few steps of the demo config with 1k, 10k and
+  100k manifest lines (clips repeated), each in a fresh process, against the manifest's size.
 reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
   1024), a few bare steps; on a GPU build with a GPU also the same steps under AMP O1
   (gpu_amp: throughput and speedup over float32).
@@ -443,6 +445,36 @@ def reference_worker(spec: dict) -> dict:
             "gemm": roof, "maxrss_mb": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def memory_worker(spec: dict) -> dict:
+    """Peak memory of train.py's set-up and a few real steps with a manifest of spec["lines"]
+    lines (the subset's clips repeated): the run as _setup builds it, then `batches` steps."""
+    from utils import training
+    from utils.manifest import read_manifest
+
+    lines = spec["lines"]
+    subset = Path(spec["subset"]).read_text(encoding="utf-8").splitlines()
+    manifest = Path(spec["work"]) / f"memory_{lines}.train"
+    manifest.write_text("\n".join(subset[i % len(subset)] for i in range(lines)) + "\n", encoding="utf-8")
+    cfg = worker_config("conf/demo.yml", dict(spec, subset=str(manifest)), f"memory_{lines}")
+    run = setup_run(cfg)
+    assert len(read_manifest(str(manifest))) == lines
+    for step, batch in enumerate(run.loader):
+        training._train_step(run, batch, step)
+        if step + 1 >= spec["memory_batches"]:
+            break
+    return {"lines": lines, "manifest_mb": rounded(manifest.stat().st_size / 2 ** 20),
+            "maxrss_mb": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def memory_levels(spec: dict, timeout: float) -> dict:
+    """memory_worker at each manifest size, each in a fresh process; growth from the first to the last."""
+    runs = {f"lines_{n}": worker("memory", dict(spec, lines=n), timeout) for n in spec["memory_lines"]}
+    first, last = (runs[f"lines_{n}"] for n in (spec["memory_lines"][0], spec["memory_lines"][-1]))
+    runs["growth_mb"] = rounded(last["maxrss_mb"] - first["maxrss_mb"])
+    runs["manifest_growth_mb"] = rounded(last["manifest_mb"] - first["manifest_mb"])
+    return runs
+
+
 def worker_main(kind: str, spec: dict) -> None:
     threads = configure_threads(spec.get("mkl", "toolkit"), spec.get("threads"), spec.get("extra_env"))
     log(f"worker {kind}: {threads}, load {load_average()}")
@@ -455,6 +487,8 @@ def worker_main(kind: str, spec: dict) -> None:
         report = threads_worker(spec)
     elif kind == "reference":
         report = reference_worker(spec)
+    elif kind == "memory":
+        report = memory_worker(spec)
     else:
         raise SystemExit(f"unknown worker {kind}")
     report.update(thread_settings=threads, load_average_start=load_start, load_average_end=load_average(),
@@ -473,7 +507,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (8)")
     parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (3)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
                         help="parts to leave out")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
     parser.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -488,7 +522,8 @@ def sizes(args) -> dict:
             "repeats": pick(args.repeats, 3, 1), "ref_steps": pick(args.ref_steps, 3, 2),
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
-            "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3}
+            "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3,
+            "memory_lines": [200, 2000] if quick else [1000, 10000, 100000], "memory_batches": 2 if quick else 3}
 
 
 def worker(kind: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
@@ -574,6 +609,8 @@ def main(argv=None) -> int:
             report["threads"] = thread_levers(spec, args.timeout)
         if "reference" not in args.skip:
             report["reference"] = worker("reference", spec, args.timeout)
+        if "memory" not in args.skip:
+            report["memory"] = memory_levels(spec, args.timeout)
         report["verdicts"] = verdicts(report)
         report["load_average_end"] = load_average()
     emit(report)
