@@ -65,10 +65,11 @@ def main() -> None:
                    "--num_test", str(num_test), "--out_dir", str(data)], timings)
     make_noise(ROOT / data / "noise")
     prep = run("create_data", [py, "create_data.py", "--configs", config], timings)
-    lm_path = ROOT / "lm" / f"demo_{lang}.arpa"
-    if not lm_path.exists():
+    lm_path, test_list = ROOT / "lm" / f"demo_{lang}.arpa", ROOT / data / "annotation" / "test.txt"
+    # an LM older than the test list may hold the sentences of a newer test set: build it again
+    if not lm_path.exists() or lm_path.stat().st_mtime < test_list.stat().st_mtime:
         run("language model", [py, "tools/build_lm.py", "--text", str(data / f"lm_text_{lang}.txt"),
-                               "--exclude", str(data / "annotation" / "test.txt"), "--name", f"demo_{lang}"],
+                               "--exclude", str(test_list), "--name", f"demo_{lang}"],
             timings)
     run("train", [py, "train.py", "--configs", config], timings)
     model_root = f"models/demo_{lang}"
