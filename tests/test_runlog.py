@@ -56,3 +56,11 @@ def test_fresh_run_starts_empty_curves(tmp_path):
     assert log.start_curves(0, 0) == 5
     log.close()
     assert _points(path) == []
+
+
+def test_a_record_header_cut_short_is_dropped_too(tmp_path):
+    path = _write_run(tmp_path, range(1, 3), range(1, 2))
+    with open(path, "ab") as handle:
+        handle.write(b"\x07\x00\x00")  # 3 of the 8 length bytes
+    assert rewind_records(path, train_step=2, finished_epochs=1) == 1
+    assert _points(path) == [("Train/Loss", 1), ("Train/Loss", 2), ("Test/cer", 1)]

@@ -95,7 +95,7 @@ class ExportedRunner:
         if onednn:
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
-        elif hasattr(config, "disable_mkldnn"):  # Paddle 3.x turns oneDNN on by default on some CPUs
+        elif hasattr(config, "disable_mkldnn"):
             config.disable_mkldnn()
         self.predictor = inference.create_predictor(config)
 

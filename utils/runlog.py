@@ -35,11 +35,9 @@ class RunLog:
         from visualdl import LogWriter
 
         self.visualdl_dir.mkdir(parents=True, exist_ok=True)
-        existing = sorted(self.visualdl_dir.glob("vdlrecords.*.log"), key=lambda p: p.stat().st_mtime)
-        dropped = 0
-        if existing:
-            dropped = rewind_records(existing[-1], train_step, finished_epochs)
-        self.writer = LogWriter(logdir=str(self.visualdl_dir), file_name=existing[-1].name if existing else "")
+        existing = newest_records(self.visualdl_dir)
+        dropped = rewind_records(existing, train_step, finished_epochs) if existing else 0
+        self.writer = LogWriter(logdir=str(self.visualdl_dir), file_name=existing.name if existing else "")
         return dropped
 
     def info(self, message: str) -> None:
@@ -62,50 +60,56 @@ class RunLog:
             self.file.close()
 
 
-def rewind_records(path: Path, train_step: int, finished_epochs: int) -> int:
-    """Rewrite a VisualDL records file without the points past a checkpoint; returns how many went."""
+def newest_records(run_dir: Path) -> Path | None:
+    """The records file VisualDL shows for a run folder: its newest vdlrecords.*.log."""
+    files = sorted(Path(run_dir).glob("vdlrecords.*.log"), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
+
+
+def _records(data: bytes):
+    """Each Record of a records file; a last one torn by a kill (length or body cut short) is None."""
     from visualdl.proto import record_pb2
 
-    data, kept, dropped, offset = path.read_bytes(), [], 0, 0
-    while offset + _LENGTH.size <= len(data):
-        (length,) = _LENGTH.unpack_from(data, offset)
-        body = data[offset + _LENGTH.size: offset + _LENGTH.size + length]
-        if len(body) < length:  # torn by a kill mid-write
+    offset = 0
+    while offset < len(data):
+        header_end = offset + _LENGTH.size
+        end = header_end + _LENGTH.unpack_from(data, offset)[0] if header_end <= len(data) else header_end
+        if end > len(data):
+            yield None
+            return
+        record = record_pb2.Record()
+        record.ParseFromString(data[header_end:end])
+        offset = end
+        yield record
+
+
+def rewind_records(path: Path, train_step: int, finished_epochs: int) -> int:
+    """Rewrite a VisualDL records file without the points past a checkpoint; returns how many went."""
+    kept, dropped = [], 0
+    for record in _records(path.read_bytes()):
+        if record is None:
             dropped += 1
             break
-        offset += _LENGTH.size + length
-        record = record_pb2.Record()
-        record.ParseFromString(body)
         values = [v for v in record.values
                   if v.id <= (finished_epochs if v.tag.startswith("Test/") else train_step)]
         dropped += len(record.values) - len(values)
-        if len(values) == len(record.values):
-            kept.append(body)
-        elif values:
+        if values:
             del record.values[:]
             record.values.extend(values)
             kept.append(record.SerializeToString())
-    if dropped == 0 and offset == len(data):
-        return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(_LENGTH.pack(len(body)) + body for body in kept))
-    tmp.replace(path)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(_LENGTH.pack(len(body)) + body for body in kept))
+        tmp.replace(path)
     return dropped
 
 
 def read_points(run_dir: Path) -> list[tuple[str, int]]:
-    """(tag, step) of every scalar in a run folder's newest records file, in file order."""
-    from visualdl.proto import record_pb2
-
-    files = sorted(Path(run_dir).glob("vdlrecords.*.log"), key=lambda p: p.stat().st_mtime)
-    data, offset, points = (files[-1].read_bytes() if files else b""), 0, []
-    while offset + _LENGTH.size <= len(data):
-        (length,) = _LENGTH.unpack_from(data, offset)
-        record = record_pb2.Record()
-        record.ParseFromString(data[offset + _LENGTH.size: offset + _LENGTH.size + length])
-        points += [(value.tag, value.id) for value in record.values if value.tag != "meta_data_tag"]
-        offset += _LENGTH.size + length
-    return points
+    """(tag, step) of every scalar VisualDL shows for a run folder, in file order."""
+    path = newest_records(run_dir)
+    records = _records(path.read_bytes()) if path else []
+    return [(value.tag, value.id) for record in records if record is not None
+            for value in record.values if value.tag != "meta_data_tag"]
 
 
 def format_duration(seconds: float) -> str:
