@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     reason="needs a GPU build of Paddle (make setup PADDLE=paddlepaddle-gpu) and a GPU")]
 
 
-def test_amp_training_learns_saves_its_scaler_and_resumes(spoken_corpus, tmp_path):
+def test_amp_training_stays_finite_saves_its_scaler_and_resumes(spoken_corpus, tmp_path):
     cfg = tiny_config(spoken_corpus, tmp_path, train__use_amp=True, train__num_epoch=2,
                       data__augment_conf_path=None)
     train(cfg)
