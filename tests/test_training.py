@@ -14,7 +14,8 @@ import utils.training as training
 from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
 from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
-from utils.data import BatchSampler, SpeechDataset, epoch_batches
+from utils.augment import load_augmentation
+from utils.data import BatchSampler, SpeechDataset, epoch_batches, make_loader
 from utils.decoders import greedy_decode
 from utils.features import load_mean_std
 from utils.manifest import read_manifest
@@ -113,6 +114,26 @@ def test_set_epoch_start_batch_skips_exactly_and_num_iters_caps():
     capped = BatchSampler(durations.tolist(), batch_size=4, seed=3, num_iters_per_epoch=3)
     capped.set_epoch(2)
     assert list(capped) == full[:3] and len(capped) == 3
+
+
+def test_a_persistent_niced_worker_yields_the_in_process_batches(spoken_corpus):
+    utterances = read_manifest(spoken_corpus / "manifest.train")
+    vocabulary = Vocabulary.load(spoken_corpus / "vocabulary.txt")
+    noise_manifest = spoken_corpus / "manifest.noise"
+    noise = [u.audio_filepath for u in read_manifest(noise_manifest)] if noise_manifest.is_file() else []
+    augmentation = load_augmentation(AUGMENTATION, noise)
+    dataset = SpeechDataset(utterances, vocabulary, "fbank", 16000, 80, augmentation, seed=5)
+    sampler = BatchSampler([u.duration for u in utterances], batch_size=3, seed=5)
+    in_process, worker = make_loader(dataset, sampler, 0), make_loader(dataset, sampler, 1)
+    for epoch, start_batch in ((0, 0), (1, 0), (1, 2), (2, 0)):  # (1, 2): a resumed epoch
+        batches = {}
+        for name, loader in (("in_process", in_process), ("worker", worker)):
+            sampler.set_epoch(epoch, start_batch)
+            batches[name] = list(loader)
+        assert len(batches["worker"]) == len(batches["in_process"]) == len(sampler) - start_batch > 0
+        for ours, theirs in zip(batches["in_process"], batches["worker"]):
+            for a, b in zip(ours, theirs):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ----------------------------------------------------------------------------- one-utterance overfit

@@ -1,6 +1,6 @@
 """Benchmark training on this CPU; prints one JSON report (progress on stderr).
 
-    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 8] [--repeats 2]
+    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 16] [--repeats 3]
 
 On a corpus of 2-4 s clips (the demo corpus when built, else one generated once with
 espeak-ng into bench/corpus) it measures, each part in its own worker process so that the
@@ -21,8 +21,10 @@ demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
     random batches;
   - the loader's CPU per batch (features + augmentation, measured in-process) against the
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
-  - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, numpy's BLAS on one
-    thread (its idle threads spin and take the core from the step), augmentation off.
+  - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, workers at normal
+    priority, and also started afresh every pass (utils/data.py's defaults: niced, persistent),
+    numpy's BLAS on one thread (its idle threads spin and take the core from the step),
+    augmentation off.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
   80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
   (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
@@ -334,6 +336,12 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
         loader = make_loader(run.train_set, run.sampler, workers)
         figures = pairs_figures([pair(run, loader, bare_batches, f"num_workers={workers}")], flops, roof)
         levers[f"num_workers_{workers}"] = _lever_summary(figures)
+    if cfg.data.num_workers > 0:
+        for name, options in (("worker_not_niced", {"niced": False}),
+                              ("worker_not_niced_not_persistent", {"niced": False, "persistent": False})):
+            loader = make_loader(run.train_set, run.sampler, cfg.data.num_workers, **options)
+            figures = pairs_figures([pair(run, loader, bare_batches, name.replace("_", " "))], flops, roof)
+            levers[f"{name}_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     with blas_threads(1) as blas:  # forked loader workers inherit the limit
         figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread")], flops, roof)
         levers[f"numpy_blas_1_thread_num_workers_{cfg.data.num_workers}"] = dict(_lever_summary(figures),
@@ -504,7 +512,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--utterances", type=int, default=None, help="2-4 s clips in the benchmark subset")
     parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
-    parser.add_argument("--batches", type=int, default=None, help="batches per pass (8)")
+    parser.add_argument("--batches", type=int, default=None, help="batches per pass (16)")
     parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (3)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
@@ -518,7 +526,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def sizes(args) -> dict:
     quick = args.quick
     pick = lambda value, full, small: value if value is not None else (small if quick else full)  # noqa: E731
-    return {"batch_size": pick(args.batch_size, 16, 4), "batches": pick(args.batches, 8, 2),
+    return {"batch_size": pick(args.batch_size, 16, 4), "batches": pick(args.batches, 16, 2),
             "repeats": pick(args.repeats, 3, 1), "ref_steps": pick(args.ref_steps, 3, 2),
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,

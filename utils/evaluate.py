@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from utils.data import SpeechDataset, collate
+from utils.data import SpeechDataset, collate, loader_options
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
 from utils.model import log_softmax
@@ -41,8 +41,8 @@ def sorted_batches(utterances: list[Utterance], batch_size: int) -> list[list[in
 
 def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) -> paddle.io.DataLoader:
     return paddle.io.DataLoader(dataset, batch_sampler=sorted_batches(dataset.utterances, batch_size),
-                                collate_fn=collate, num_workers=num_workers,
-                                use_shared_memory=num_workers > 0, return_list=True)
+                                collate_fn=collate, return_list=True,
+                                **loader_options(num_workers, persistent=False))  # one pass: a restart costs 0.5 s
 
 
 def ctc_loss_per_utterance(logits, out_lens, labels, label_lens) -> paddle.Tensor:
