@@ -101,6 +101,8 @@ def test_bench_decode_keys(report):
     assert {"checkpoint_ms", "exported_1_thread_ms", "exported_1_thread_blas_1_ms", "file_s",
             "exported_1_thread_forward_only_ms", "load_and_features_ms"} <= set(decode["infer_8s"])
     assert {"ms_per_audio_s", "ms_per_audio_s_blas_1"} <= set(decode["eval_path"]["exported_1_thread"])
+    assert {"ms_per_audio_s", "ms_per_audio_s_blas_1"} <= set(decode["eval_path"]["onnx"])
+    assert {"onnx_ms", "onnx_1_thread_ms", "onnx_vs_onednn"} <= set(decode["infer_8s"])
     assert decode["infer_8s"]["file_s"] == 8.0
     assert {"greedy_ms_per_audio_s", "infer_8s_exported_ms", "beam_rtf_per_core"} <= set(decode["verdicts"])
 

@@ -1,4 +1,5 @@
-"""Export, Paddle Inference predictor, eval.py, infer.py and tools/tune.py on a tiny trained model.
+"""Export, ONNX Runtime and Paddle Inference runners, eval.py, infer.py and tools/tune.py on a tiny
+trained model.
 
 One tiny model (conf/tiny.yml: fbank 40, one conv, one GRU of 32) is trained for one epoch
 on the spoken corpus of train_fixtures and exported once with tools/export_model.py; the
@@ -126,7 +127,7 @@ def test_export_writes_a_self_describing_infer_folder(trained):
     assert export.returncode == 0, export.stderr[-3000:]
     assert export.stdout.strip().splitlines()[-1] == f"exported {trained['model']} to {trained['infer']}"
     files = {p.name for p in trained["infer"].iterdir()}
-    assert {"model.pdiparams", CONFIG_FILE, VOCAB_FILE, NORMALIZER_FILE} <= files
+    assert {"model.pdiparams", "model.onnx", CONFIG_FILE, VOCAB_FILE, NORMALIZER_FILE} <= files
     assert files & {"model.json", "model.pdmodel"}, files
 
     from utils.inference import default_model_folder, is_exported, load_config
@@ -137,12 +138,14 @@ def test_export_writes_a_self_describing_infer_folder(trained):
     assert default_model_folder(cfg) == trained["infer"], "infer.py/eval.py pick the export when it exists"
 
 
-def test_exported_predictor_and_checkpoint_agree_on_real_utterances(trained):
+def test_exported_runners_and_checkpoint_agree_on_real_utterances(trained):
     from utils.decoders import greedy_decode
-    from utils.inference import CheckpointRunner, ExportedRunner, load_runner
+    from utils.inference import CheckpointRunner, ExportedRunner, OnnxRunner, load_runner
 
-    dynamic, exported = CheckpointRunner(trained["model"]), ExportedRunner(trained["infer"])
-    assert isinstance(load_runner(trained["infer"]), ExportedRunner)
+    dynamic = CheckpointRunner(trained["model"])
+    exported = {"paddle": ExportedRunner(trained["infer"]), "onnx": OnnxRunner(trained["infer"])}
+    assert isinstance(load_runner(trained["infer"]), OnnxRunner)
+    assert isinstance(load_runner(trained["infer"], "paddle"), ExportedRunner)
     assert isinstance(load_runner(trained["model"]), CheckpointRunner)
     feats_list = [compute_features(load_audio(u.audio_filepath), "fbank", SAMPLE_RATE, 40)
                   for u in trained["utterances"][:3]]
@@ -153,17 +156,33 @@ def test_exported_predictor_and_checkpoint_agree_on_real_utterances(trained):
     assert len(set(feat_lens)) > 1, "the batch must hold padding"
 
     log_a, lens_a = dynamic(feats, feat_lens)
-    log_b, lens_b = exported(feats, feat_lens)
-    np.testing.assert_array_equal(lens_a, lens_b)
     np.testing.assert_array_equal(lens_a, (feat_lens - 1) // 2 + 1)  # kernel 3, stride 2, padding 1
-    for row, length in enumerate(lens_a):
-        np.testing.assert_allclose(log_b[row, :length], log_a[row, :length], rtol=0, atol=LOG_PROB_ATOL)
-        np.testing.assert_allclose(np.exp(log_a[row, :length]).sum(axis=1), 1.0, atol=1e-4)
     vocabulary = dynamic.vocabulary.tokens
-    assert exported.vocabulary.tokens == vocabulary
-    texts_a, texts_b = greedy_decode(log_a, lens_a, vocabulary), greedy_decode(log_b, lens_b, vocabulary)
-    assert texts_a == texts_b
+    texts_a = greedy_decode(log_a, lens_a, vocabulary)
     assert all(texts_a), "the tiny model must emit something, or the comparison proves little"
+    for runtime, runner in exported.items():
+        log_b, lens_b = runner(feats, feat_lens)
+        np.testing.assert_array_equal(lens_a, lens_b)
+        for row, length in enumerate(lens_a):
+            np.testing.assert_allclose(log_b[row, :length], log_a[row, :length], rtol=0, atol=LOG_PROB_ATOL,
+                                       err_msg=runtime)
+            np.testing.assert_allclose(np.exp(log_b[row, :length]).sum(axis=1), 1.0, atol=1e-4)
+        assert runner.vocabulary.tokens == vocabulary
+        assert greedy_decode(log_b, lens_b, vocabulary) == texts_a, runtime
+
+
+def test_an_export_without_onnx_names_the_fix(trained, tmp_path):
+    from utils.inference import ModelLoadError, load_runner
+
+    old_export = tmp_path / "infer"
+    shutil.copytree(trained["infer"], old_export)
+    (old_export / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="export again with python tools/export_model.py, or use Paddle "
+                                             "Inference with --runtime=paddle"):
+        load_runner(old_export)
+    assert load_runner(old_export, "paddle").kind == "exported model (Paddle Inference)"
+    with pytest.raises(ModelLoadError, match="unknown runtime 'tvm'; use one of onnx, paddle"):
+        load_runner(old_export, "tvm")
 
 
 def test_infer_prints_the_same_text_for_checkpoint_and_export(infer_runs):
@@ -175,7 +194,7 @@ def test_infer_prints_the_same_text_for_checkpoint_and_export(infer_runs):
     assert dynamic == exported
     assert all(dynamic.values())
     assert "with the checkpoint" in infer_runs["model"].stdout.splitlines()[-1]
-    assert "with the exported model" in infer_runs["infer"].stdout.splitlines()[-1]
+    assert "with the exported model (ONNX Runtime)" in infer_runs["infer"].stdout.splitlines()[-1]
 
 
 def test_timestamps_increase_and_stay_within_the_duration(infer_runs, audio_files):

@@ -4,7 +4,8 @@
 
 In one process (the toolkit's thread defaults), on real features of test utterances:
 - greedy: model forward + greedy decoding per audio second, with the checkpoint
-  (dynamic graph) and the exported model (Paddle Inference, 1 and 2 threads), plus decoding
+  (dynamic graph) and the exported model (ONNX Runtime 1 thread and the default threads;
+  Paddle Inference 1 and 2 threads with plain kernels, and with oneDNN), plus decoding
   alone and the whole eval path (loader with features, forward, decoding) (target <= 7 ms per
   audio second);
 - beam search: beam 300 with the KenLM model (lm/demo_en.arpa, else one built from the
@@ -240,6 +241,7 @@ def infer_figures(runners: dict, path: Path, duration: float, cfg, tokens: list,
                                                    out["exported_1_thread_ms"]["median"])
     out["onednn_vs_plain_2_threads"] = ratio(out["exported_onednn_ms"]["median"],
                                              out["exported_2_threads_ms"]["median"])
+    out["onnx_vs_onednn"] = ratio(out["onnx_ms"]["median"], out["exported_onednn_ms"]["median"])
     out["blas_1_vs_default_exported_1_thread"] = ratio(out["exported_1_thread_blas_1_ms"]["median"],
                                                        out["exported_1_thread_ms"]["median"])
     return out
@@ -256,7 +258,8 @@ def verdicts(report: dict) -> dict:
                                         "target": f"<= {TARGETS['greedy_ms_per_audio_s_max']}",
                                         "met": value <= TARGETS["greedy_ms_per_audio_s_max"]}
     infer = report.get("infer_8s", {})
-    exported = [f"{k}_ms" for k in ("exported_1_thread", "exported_2_threads", "exported_onednn")
+    exported = [f"{k}_ms" for k in ("exported_1_thread", "exported_2_threads", "exported_onednn", "onnx_1_thread",
+                                    "onnx")
                 if f"{k}_ms" in infer]
     if exported:
         best = min(exported, key=lambda k: infer[k]["median"])
@@ -310,7 +313,7 @@ def main(argv=None) -> int:
 
 def measure(args, work: Path, n_utts: int, n_beam: int, repeats: int) -> dict:
     from utils.data import SpeechDataset
-    from utils.inference import CheckpointRunner, ExportedRunner, export_model
+    from utils.inference import CheckpointRunner, ExportedRunner, OnnxRunner, export_model
 
     corpus = find_corpus(args.corpus, work)
     folder, model_source = pick_model(args.model_folder, corpus, work)
@@ -322,7 +325,8 @@ def measure(args, work: Path, n_utts: int, n_beam: int, repeats: int) -> dict:
     runners = {"checkpoint": CheckpointRunner(folder),
                "exported_1_thread": ExportedRunner(exported, num_threads=1, onednn=False),
                "exported_2_threads": ExportedRunner(exported, num_threads=2, onednn=False),
-               "exported_onednn": ExportedRunner(exported)}
+               "exported_onednn": ExportedRunner(exported),
+               "onnx_1_thread": OnnxRunner(exported, num_threads=1), "onnx": OnnxRunner(exported)}
     cfg, tokens = runners["checkpoint"].cfg, runners["checkpoint"].vocabulary.tokens
     f = cfg.features
     utterances = test_utterances(corpus, n_utts)
@@ -339,7 +343,7 @@ def measure(args, work: Path, n_utts: int, n_beam: int, repeats: int) -> dict:
         log("eval path")
         out["eval_path"] = {name: eval_path(runners[name], dataset, cfg.train.batch_size, cfg.data.num_workers,
                                             tokens, cfg, audio_s, repeats)
-                            for name in ("exported_onednn", "exported_1_thread", "checkpoint")}
+                            for name in ("onnx", "exported_onednn", "exported_1_thread", "checkpoint")}
     if "beam" not in args.skip:
         lm_path, lm_source = pick_lm(args.lang_model_path, corpus, work)
         beam_utts = test_utterances(corpus, n_beam)

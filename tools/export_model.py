@@ -1,8 +1,9 @@
-"""Export a trained model for Paddle Inference: python tools/export_model.py
+"""Export a trained model for ONNX Runtime and Paddle Inference: python tools/export_model.py
 [--resume_model models/deepspeech2/best_model] [--save_model_path models --use_model deepspeech2]
 
-Writes models/<use_model>/infer/ (static graph with the normalizer inside, plus config,
-vocabulary and normalizer); infer.py and eval.py use it when it is there. use_model and
+Writes models/<use_model>/infer/ (model.onnx and Paddle's static graph, each with the normalizer
+inside, plus config, vocabulary and normalizer); infer.py and eval.py use it when it is there
+(ONNX Runtime unless --runtime=paddle). use_model and
 save_model_path come from the exported folder's own config unless given here.
 """
 import sys

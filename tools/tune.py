@@ -23,7 +23,7 @@ def tune(cfg, folder: Path) -> str:
     from utils.manifest import read_manifest
     from utils.tuning import grid_search_alpha_beta, save_heatmap
 
-    runner = load_runner(folder)
+    runner = load_runner(folder, cfg.infer.runtime)
     f = runner.cfg.features
     utterances = read_manifest(cfg.data.test_manifest, cfg.data.data_dir)
     utterances = utterances[:cfg.tune.num_utterances] if cfg.tune.num_utterances > 0 else utterances

@@ -132,7 +132,7 @@ def run_eval(cfg, model_folder: Path) -> str:
     from utils.manifest import read_manifest
     from utils.metrics import ErrorCounter
 
-    runner = load_runner(model_folder)
+    runner = load_runner(model_folder, cfg.infer.runtime)
     f = runner.cfg.features
     utterances = read_manifest(cfg.data.test_manifest, cfg.data.data_dir)
     if not utterances:

@@ -106,7 +106,7 @@ def run_infer(cfg, model_folder: Path) -> tuple[str, int]:
     from utils.inference import load_runner
 
     load_start = time.perf_counter()
-    runner = load_runner(model_folder)
+    runner = load_runner(model_folder, cfg.infer.runtime)
     decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
     warm_up(runner)
     load_seconds = time.perf_counter() - load_start
@@ -122,8 +122,7 @@ def run_infer(cfg, model_folder: Path) -> tuple[str, int]:
               f"RTF {result.seconds / max(result.duration, 1e-9):.4f})")
         for token, begin, end in result.times:
             print(f"  {begin:7.2f} {end:7.2f}  {token}")
-    kind = "exported model" if type(runner).__name__ == "ExportedRunner" else "checkpoint"
     summary = (f"transcribed {audio:.1f} s of audio in {wall:.2f} s (RTF {wall / max(audio, 1e-9):.4f}) with the "
-               f"{kind} {model_folder} and {cfg.decode.decoder} (loading took {load_seconds:.1f} s); "
+               f"{runner.kind} {model_folder} and {cfg.decode.decoder} (loading took {load_seconds:.1f} s); "
                f"{failed} file(s) failed")
     return summary, failed
