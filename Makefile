@@ -45,4 +45,4 @@ lm: setup
 	$(PY) tools/build_lm.py --text dataset/lm_text_$(DEMO_LANG).txt --exclude dataset/annotation/test.txt --name demo_$(DEMO_LANG)
 
 clean-demo:
-	rm -rf dataset/audio/demo_* dataset/annotation dataset/manifest.* dataset/vocabulary.txt dataset/mean_std.npz models/demo_* log/demo_* lm/demo_*
+	rm -rf dataset/demo_$(DEMO_LANG) models/demo_$(DEMO_LANG) log/demo_$(DEMO_LANG) lm/demo_$(DEMO_LANG).*

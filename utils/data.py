@@ -36,7 +36,12 @@ class SpeechDataset(paddle.io.Dataset):
         self.feature_method, self.sample_rate, self.n_mels = feature_method, sample_rate, n_mels
         self.augmentation = augmentation or Augmentation()
         self.seed = seed
-        self.labels = [np.asarray(vocabulary.encode(u.text), dtype=np.int32) for u in utterances]
+        # every utterance's token ids in one array (one numpy object per utterance would cost
+        # about 100 bytes each): labels of utterance i are label_ids[label_starts[i]:label_starts[i + 1]]
+        encoded = [vocabulary.encode(u.text) for u in utterances]
+        self.label_starts = np.cumsum([0] + [len(ids) for ids in encoded], dtype=np.int64)
+        self.label_ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32,
+                                     count=int(self.label_starts[-1]))
         # fill the feature caches (window, mel matrix: librosa's import) here, once: forked
         # workers inherit them instead of each paying about 0.5 s of CPU in its first batch
         compute_features(np.zeros(sample_rate // 10, np.float32), feature_method, sample_rate, n_mels)
@@ -51,7 +56,11 @@ class SpeechDataset(paddle.io.Dataset):
         samples = self.augmentation.apply_audio(samples, rng)
         feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels)
         feats = self.augmentation.apply_features(feats, rng)
-        return feats, self.labels[index], index
+        return feats, self.labels(index), index
+
+    def labels(self, index: int) -> np.ndarray:
+        """Token ids [L] int32 of utterance `index`."""
+        return self.label_ids[self.label_starts[index]:self.label_starts[index + 1]]
 
 
 def collate(batch: list) -> tuple[np.ndarray, ...]:

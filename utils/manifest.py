@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance __dict__: a 100k-line manifest is held in training and create_data
 class Utterance:
     audio_filepath: str
     duration: float
