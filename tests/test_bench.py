@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tools.bench_common import summarize
-from tools.bench_train import epoch_padding, forward_flops, train_flops
+from tools.bench_train import epoch_padding, epoch_ratio, forward_flops, train_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
@@ -22,6 +22,15 @@ SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
 def test_summarize_pins_min_median_max():
     assert summarize([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "mean": 2.0, "n": 3}
     assert summarize([]) == {"n": 0}
+
+
+def test_epoch_ratio_pays_the_first_batch_once():
+    # 5 batches: loader 6.0 s (4.0 s after its first batch), bare 5.0 s (4.0 s); stretched to
+    # 101 batches: the steady 1.0 s per batch is equal, so only the 1 s extra start remains
+    pair_ = {"loader": {"wall_s": 6.0, "steady_wall_s": 4.0}, "bare": {"wall_s": 5.0, "steady_wall_s": 4.0,
+                                                                        "shapes": [(16, 100)] * 5}}
+    assert epoch_ratio(pair_, 101) == pytest.approx((6.0 + 24 * 4.0) / (5.0 + 24 * 4.0))
+    assert epoch_ratio(pair_, 5) == pytest.approx(6.0 / 5.0)
 
 
 def test_flops_counted_from_shapes():
@@ -68,6 +77,7 @@ def test_bench_train_keys(report):
         assert {"reader_share", "reader_share_steady", "gflops", "roof_fraction", "utterances_per_s"} <= \
             set(demo[part])
     assert SUMMARY_KEYS <= set(demo["pipeline_ratio"]) and SUMMARY_KEYS <= set(demo["pipeline_ratio_steady"])
+    assert SUMMARY_KEYS <= set(demo["pipeline_ratio_epoch_estimate"]) and demo["epoch_batches"] > 0
     assert demo["gemm"]["roof_gflops"] > 0
     workers = demo["num_workers"]  # conf/demo.yml's; the other counts are levers
     assert set(demo["levers"]) == {f"num_workers_{w}" for w in (0, 1, 2) if w != workers} | {

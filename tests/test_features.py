@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tone
-from utils.features import (FeatureStats, compute_features, feature_dim, load_mean_std, num_frames, power_spectrum,
-                            save_mean_std)
+from utils.features import (FeatureStats, _mel_matrix, compute_features, feature_dim, load_mean_std, num_frames,
+                            power_spectrum, save_mean_std)
 
 # (samples, frames): linear 20 ms window 320 / stride 160; fbank 25 ms window 400 / stride 160
 LINEAR_FRAMES = [(0, 0), (319, 0), (320, 1), (479, 1), (480, 2), (16000, 99), (16001, 99)]
@@ -39,6 +39,15 @@ def test_sine_power_lands_in_its_bin_with_the_pinned_value():
     assert float(feats[:, 20].mean()) == pytest.approx(7.3840036, abs=1e-5)
     # the mean includes bins far from the tone, near float32 FFT round-off (-18.945555 in float64)
     assert float(feats.mean()) == pytest.approx(-18.944525, abs=1e-4)
+
+
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels", [(16000, 512, 80), (8000, 512, 40), (22050, 1024, 128)])
+def test_mel_matrix_equals_librosa(sample_rate, n_fft, n_mels):
+    librosa = pytest.importorskip("librosa")  # a dev dependency: the toolkit computes the matrix itself
+    ours = _mel_matrix(sample_rate, n_fft, n_mels)
+    theirs = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    assert ours.shape == theirs.shape == (n_mels, n_fft // 2 + 1) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-8)
 
 
 def test_float32_fft_matches_a_float64_reference():
