@@ -389,6 +389,34 @@ def loss_with_nan(calls_with_nan: set[int]):
     return loss
 
 
+def loss_with_nan_gradient(calls_with_nan: set[int]):
+    """utils.training's CTC loss, unchanged in value but with NaN gradients on the given calls:
+    0 * sqrt(0) adds 0 to the loss, and 0 * inf (the derivative of sqrt at 0) to the gradient."""
+    count = [0]
+
+    def loss(logits, *args):
+        count[0] += 1
+        value = REAL_CTC_LOSS(logits, *args)
+        if count[0] in calls_with_nan:
+            value = value + 0.0 * paddle.sqrt(logits.sum() * 0.0)
+        return value
+    return loss
+
+
+def test_a_finite_loss_with_a_nan_gradient_is_skipped_like_a_nan_loss(spoken_corpus, tmp_path, monkeypatch):
+    clean = tiny_config(spoken_corpus, tmp_path / "clean", train__max_steps=1, train__batch_size=2)
+    training.train(clean)  # one step on batch 1
+    monkeypatch.setattr(training, "ctc_loss_per_utterance", loss_with_nan_gradient({2, 3}))
+    skipping = tiny_config(spoken_corpus, tmp_path / "nan", train__batch_size=2, train__num_epoch=1,
+                           train__num_iters_per_epoch=3)
+    training.train(skipping)  # one step on batch 1, then batches 2 and 3 skipped
+    state = load_state(model_folder(skipping))
+    assert (state.step, state.nan_skipped) == (1, 2)
+    assert max_abs_diff(read_params(model_folder(skipping)), read_params(model_folder(clean))) == 0.0
+    log_text = (model_folder(skipping).parent / "train.log").read_text(encoding="utf-8")
+    assert log_text.count("skipped a batch with a finite loss but a non-finite gradient at step 1") == 2
+
+
 def test_non_finite_batches_are_skipped_and_counted(spoken_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "ctc_loss_per_utterance", loss_with_nan({2, 3, 6}))
     cfg = tiny_config(spoken_corpus, tmp_path, train__num_epoch=2, train__batch_size=2, train__max_nan_in_row=3)

@@ -83,7 +83,7 @@ class TrainConfig:
     keep_last: int = _key(3, "epoch_N folders kept")
     metrics_type: str = _key("cer", "cer or wer, picks best_model")
     eval_decoder: str = _key("ctc_greedy", "decoder for the per-epoch test evaluation")
-    max_nan_in_row: int = _key(10, "stop after this many consecutive non-finite losses")
+    max_nan_in_row: int = _key(10, "stop after this many batches in a row with a non-finite loss or gradient")
     seed: int = _key(1000, "random seed (weights, shuffling, augmentation)")
     deterministic: bool = _key(False, "deterministic kernels and single-thread loading, for reproducible runs")
     resume_model: Optional[str] = _key(None, "resume from this model folder (default: last_model if present)")

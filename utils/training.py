@@ -212,7 +212,8 @@ def _prune_epochs(run: _Run) -> None:
 def _train_step(run: _Run, batch, micro_step: int) -> float | None:
     """Forward and backward one batch; steps the optimizer every accum_grad batches.
 
-    Returns the batch loss, or None when it was not finite (the batch is skipped).
+    Returns the batch loss, or None when the loss or (at an optimizer step) a gradient was not
+    finite: the batch is skipped, weights and BatchNorm statistics as they were before it.
     """
     feats, feat_lens, labels, label_lens, indices = batch
     accum = run.cfg.train.accum_grad
@@ -222,20 +223,15 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
     loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens).sum() / feats.shape[0]
     loss_value = float(loss)
     if not _finite_on_all_ranks(run, loss_value):
-        run.optimizer.clear_grad()
-        for buffer, saved in running_stats:
-            buffer.set_value(saved)
-        run.nan_in_row += 1
-        run.state.nan_skipped += 1
-        if run.nan_in_row >= run.cfg.train.max_nan_in_row:
-            names = [run.train_set.utterances[int(i)].audio_filepath for i in np.asarray(indices)]
-            raise TrainingError(f"{run.nan_in_row} batches in a row had a non-finite loss; last batch: "
-                                f"{names}. Lower the learning rate or check these files")
-        return None
-    run.nan_in_row = 0
+        return _skip_batch(run, running_stats, indices, "loss")
     scaled = run.scaler.scale(loss / accum) if run.scaler else loss / accum
     scaled.backward()
     if (micro_step + 1) % accum == 0:
+        # GradScaler skips steps with inf/NaN gradients itself; without it, a finite loss can
+        # still give a non-finite gradient, and one optimizer step with it makes every weight NaN.
+        # Gradients are all-reduced by now, so every rank decides alike.
+        if run.scaler is None and not _gradients_finite(run.model):
+            return _skip_batch(run, running_stats, indices, "gradient")
         run.optimizer.set_lr(learning_rate_at(run.state.step, run.cfg, run.world_size))
         if run.scaler:
             run.scaler.step(run.optimizer)
@@ -244,7 +240,29 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
             run.optimizer.step()
         run.optimizer.clear_grad()
         run.state.step += 1
+    run.nan_in_row = 0
     return loss_value
+
+
+def _skip_batch(run: _Run, running_stats: list, indices, what: str) -> None:
+    """Drop this batch (and an unfinished accumulation window); stop after max_nan_in_row in a row."""
+    run.optimizer.clear_grad()
+    for buffer, saved in running_stats:
+        buffer.set_value(saved)
+    run.nan_in_row += 1
+    run.state.nan_skipped += 1
+    if run.nan_in_row >= run.cfg.train.max_nan_in_row:
+        names = [run.train_set.utterances[int(i)].audio_filepath for i in np.asarray(indices)]
+        raise TrainingError(f"{run.nan_in_row} batches in a row had a non-finite {what}; last batch: "
+                            f"{names}. Lower the learning rate or check these files")
+    if what == "gradient":
+        run.log.info(f"skipped a batch with a finite loss but a non-finite gradient at step {run.state.step}")
+    return None
+
+
+def _gradients_finite(model: paddle.nn.Layer) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(paddle.isfinite(paddle.add_n([g.abs().sum() for g in grads])))
 
 
 def _running_stats(model: paddle.nn.Layer) -> list:
