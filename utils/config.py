@@ -126,7 +126,7 @@ class InferConfig:
     model_path: Optional[str] = _key(None, "model folder or exported model (default: models/<use_model>/best_model)")
     is_long_audio: bool = _key(False, "split at silences and decode piece by piece")
     timestamps: bool = _key(False, "print word (English) or character (Chinese) times")
-    runtime: str = _key("onnx", "for an exported model (eval.py too): onnx (ONNX Runtime) or paddle (Paddle Inference)")
+    runtime: str = _key("onnx", "exported models (infer, eval, tune): onnx (ONNX Runtime) or paddle (Paddle Inference)")
 
 
 @dataclass

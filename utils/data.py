@@ -21,8 +21,8 @@ from utils.text import Vocabulary
 DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
 # Loader workers run at this niceness: on a machine whose cores the step's OpenMP threads fill,
 # a niced worker mostly runs in the gaps (Python, the optimizer) instead of taking a thread's core.
-# make bench, demo config on 2 cores, 16 batches: pipeline ratio 1.30 with a worker at normal
-# priority, 1.085 niced (1.175 and 1.025 without the first step).
+# make bench, demo config on 2 cores, without each pass's first batch: pipeline ratio 1.04
+# niced against 1.11 at normal priority.
 WORKER_NICENESS = 10
 
 
