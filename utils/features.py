@@ -91,7 +91,7 @@ def power_spectrum(samples: np.ndarray, window: int, stride: int, n_fft: int) ->
     frames = np.lib.stride_tricks.as_strided(
         samples, shape=(count, window), strides=(samples.strides[0] * stride, samples.strides[0]),
         writeable=False)  # [T, window]
-    # scipy's FFT keeps float32 (numpy's computes in float64): 5x faster, 1.7 -> 0.6 ms for 3 s of fbank
+    # scipy's FFT keeps float32 (numpy's computes in float64): the FFT 5x faster, fbank of 3 s 1.7 -> 0.8 ms
     spectrum = scipy.fft.rfft(frames * _hann(window), n=n_fft, axis=1)  # [T, F] complex64
     return spectrum.real ** 2 + spectrum.imag ** 2
 
