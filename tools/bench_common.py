@@ -198,7 +198,7 @@ def run_json(args: list[str], env: dict | None = None, timeout: float = 600) -> 
 @contextlib.contextmanager
 def blas_threads(threads: int | None):
     """numpy's BLAS limited to (or raised to) `threads` inside the block, when threadpoolctl is
-    there (scikit-learn, which librosa needs, brings it); yields the thread count in effect."""
+    there (requirements-dev.txt installs it); yields the thread count in effect."""
     import numpy  # noqa: F401  threadpoolctl finds only the BLAS libraries already loaded
 
     try:

@@ -42,8 +42,6 @@ class SpeechDataset(paddle.io.Dataset):
         self.label_starts = np.cumsum([0] + [len(ids) for ids in encoded], dtype=np.int64)
         self.label_ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32,
                                      count=int(self.label_starts[-1]))
-        # fill the feature caches (window, mel matrix) here, once: forked workers inherit them
-        compute_features(np.zeros(sample_rate // 10, np.float32), feature_method, sample_rate, n_mels)
 
     def __len__(self) -> int:
         return len(self.utterances)

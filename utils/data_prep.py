@@ -93,9 +93,6 @@ def create_data(cfg: Config) -> PrepSummary:
     except InputError as err:
         raise DataPrepError(str(err)) from None
     summary = PrepSummary(skipped_path=str(Path(cfg.prep.manifest_prefix).parent / SKIPPED_NAME))
-    feats = cfg.features  # build the mel matrix once here; forked workers inherit it
-    compute_features(np.zeros(feats.sample_rate // 10, np.float32), feats.feature_method, feats.sample_rate,
-                     feats.n_mels)
     with _worker_pool(cfg.data.num_workers) as workers, SkipLog(Path(summary.skipped_path)) as skips:
         kept = _read_and_probe(files, cfg, skips, workers)
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))

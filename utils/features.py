@@ -51,20 +51,19 @@ def _hann(window: int) -> np.ndarray:
 MEL_LINEAR_HZ_PER_MEL = 200.0 / 3
 MEL_LOG_START_HZ = 1000.0
 MEL_LOG_STEP = np.log(6.4) / 27.0
+MEL_LOG_START = MEL_LOG_START_HZ / MEL_LINEAR_HZ_PER_MEL
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
-    start_mel = MEL_LOG_START_HZ / MEL_LINEAR_HZ_PER_MEL
-    log_part = start_mel + np.log(np.maximum(hz, MEL_LOG_START_HZ) / MEL_LOG_START_HZ) / MEL_LOG_STEP
+    log_part = MEL_LOG_START + np.log(np.maximum(hz, MEL_LOG_START_HZ) / MEL_LOG_START_HZ) / MEL_LOG_STEP
     return np.where(hz >= MEL_LOG_START_HZ, log_part, hz / MEL_LINEAR_HZ_PER_MEL)
 
 
 def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    start_mel = MEL_LOG_START_HZ / MEL_LINEAR_HZ_PER_MEL
-    log_part = MEL_LOG_START_HZ * np.exp(MEL_LOG_STEP * (np.maximum(mel, start_mel) - start_mel))
-    return np.where(mel >= start_mel, log_part, mel * MEL_LINEAR_HZ_PER_MEL)
+    log_part = MEL_LOG_START_HZ * np.exp(MEL_LOG_STEP * (np.maximum(mel, MEL_LOG_START) - MEL_LOG_START))
+    return np.where(mel >= MEL_LOG_START, log_part, mel * MEL_LINEAR_HZ_PER_MEL)
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,6 +27,11 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+def _threads(num_threads: int) -> int:
+    """num_threads, or when 0 OMP_NUM_THREADS (utils/__init__.py sets it to the usable cores)."""
+    return num_threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+
 def is_exported(folder: str | Path) -> bool:
     folder = Path(folder)
     return (folder / f"{EXPORT_PREFIX}.pdiparams").is_file() and (folder / CONFIG_FILE).is_file()
@@ -98,7 +103,7 @@ class ExportedRunner:
                                  f"export again with python tools/export_model.py")
         config = inference.Config(str(program), str(folder / f"{EXPORT_PREFIX}.pdiparams"))
         config.disable_glog_info()
-        config.set_cpu_math_library_num_threads(num_threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+        config.set_cpu_math_library_num_threads(_threads(num_threads))
         if onednn:
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
@@ -137,7 +142,7 @@ class OnnxRunner:
             raise ModelLoadError(f"{folder} holds no {ONNX_FILE} (exported before ONNX support); export again with "
                                  f"python tools/export_model.py, or use Paddle Inference with --runtime=paddle")
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+        options.intra_op_num_threads = _threads(num_threads)
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options,
                                                     providers=["CPUExecutionProvider"])

@@ -40,10 +40,10 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list, hint: str | None = None, outputs: int = 1, **attrs):
-        names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, **attrs))
-        return names[0] if outputs == 1 else names
+    def op(self, op_type: str, inputs: list, **attrs) -> str:
+        name = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [name], **attrs))
+        return name
 
 
 def _time_mask(g: _Graph, lens: str, like: str, time_axis: int, rank: int) -> str:
@@ -53,7 +53,7 @@ def _time_mask(g: _Graph, lens: str, like: str, time_axis: int, rank: int) -> st
     mask = g.op("Cast", [g.op("Less", [g.op("Unsqueeze", [steps, g.const(np.array([0], np.int64))]),
                                        g.op("Unsqueeze", [lens, g.const(np.array([1], np.int64))])])],
                 to=TensorProto.FLOAT)  # [B, T]
-    shape = [-1 if axis in (0, time_axis) else 1 for axis in range(rank)]
+    shape = [1] * rank
     shape[0], shape[time_axis] = 0, -1  # Reshape: 0 copies the batch size
     return g.op("Reshape", [mask, g.const(np.array(shape, np.int64))])
 
