@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_co
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
 from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
 from utils.augment import load_augmentation
-from utils.data import BatchSampler, SpeechDataset, epoch_batches, make_loader
+from utils.data import BatchSampler, RunSampler, SpeechDataset, epoch_batches, make_loader, run_batches
 from utils.decoders import greedy_decode
 from utils.features import load_mean_std
 from utils.manifest import read_manifest
@@ -116,7 +117,23 @@ def test_set_epoch_start_batch_skips_exactly_and_num_iters_caps():
     assert list(capped) == full[:3] and len(capped) == 3
 
 
-def test_a_persistent_niced_worker_yields_the_in_process_batches(spoken_corpus):
+def test_the_run_sampler_goes_on_through_the_following_epochs():
+    durations = np.random.default_rng(0).uniform(1, 5, 21)
+    sampler = BatchSampler(durations.tolist(), batch_size=4, seed=3)
+    per_epoch = []
+    for epoch, start in ((1, 2), (2, 0), (3, 0)):  # (1, 2): a run resumed at epoch 1, batch 2
+        sampler.set_epoch(epoch, start)
+        per_epoch += list(sampler)
+    sampler.set_epoch(1, 2)
+    keys = RunSampler(sampler)
+    sampler.set_epoch(5, 0)  # the loop's later set_epoch calls do not steer it
+    assert list(itertools.islice(iter(keys), len(per_epoch))) == per_epoch
+    sampler.set_epoch(0, 0)
+    repeated = RunSampler(sampler, epochs=itertools.repeat(0))
+    assert list(itertools.islice(iter(repeated), 12)) == list(sampler) * 2
+
+
+def test_a_niced_run_long_worker_yields_the_in_process_batches(spoken_corpus):
     utterances = read_manifest(spoken_corpus / "manifest.train")
     vocabulary = Vocabulary.load(spoken_corpus / "vocabulary.txt")
     noise_manifest = spoken_corpus / "manifest.noise"
@@ -124,16 +141,22 @@ def test_a_persistent_niced_worker_yields_the_in_process_batches(spoken_corpus):
     augmentation = load_augmentation(AUGMENTATION, noise)
     dataset = SpeechDataset(utterances, vocabulary, "fbank", 16000, 80, augmentation, seed=5)
     sampler = BatchSampler([u.duration for u in utterances], batch_size=3, seed=5)
-    in_process, worker = make_loader(dataset, sampler, 0), make_loader(dataset, sampler, 1)
-    for epoch, start_batch in ((0, 0), (1, 0), (1, 2), (2, 0)):  # (1, 2): a resumed epoch
-        batches = {}
-        for name, loader in (("in_process", in_process), ("worker", worker)):
-            sampler.set_epoch(epoch, start_batch)
-            batches[name] = list(loader)
-        assert len(batches["worker"]) == len(batches["in_process"]) == len(sampler) - start_batch > 0
-        for ours, theirs in zip(batches["in_process"], batches["worker"]):
-            for a, b in zip(ours, theirs):
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    sampler.set_epoch(1, 2)  # (1, 2): a run resumed at epoch 1, batch 2
+    worker = run_batches(dataset, sampler, 1)  # forked first: a fork beside a loader's busy thread can hang
+    from_worker = [next(worker) for _ in range(3 * len(sampler) - 2)]
+    worker.close()
+    sampler.set_epoch(1, 2)
+    in_process = run_batches(dataset, sampler, 0)
+    per_epoch = []  # a loader iterated afresh each epoch, in this process
+    for epoch, start_batch in ((1, 2), (2, 0), (3, 0)):
+        sampler.set_epoch(epoch, start_batch)
+        per_epoch += list(make_loader(dataset, sampler, 0))
+    assert len(per_epoch) == len(from_worker)
+    for expected, a_worker_s in zip(per_epoch, from_worker):
+        for ours, theirs, workers in zip(expected, next(in_process), a_worker_s):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(workers))
+    in_process.close()
 
 
 # ----------------------------------------------------------------------------- one-utterance overfit

@@ -8,12 +8,13 @@ thread variables can differ (numpy and Paddle read them at load time):
 
 demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
   - throughput through the real loader: utils/training.py's `_run_epoch` over the real
-    DataLoader (augmentation as configured), audio seconds and utterances per wall second;
+    DataLoader (augmentation as configured), iterated once across all passes as train.py
+    iterates it across epochs, audio seconds and utterances per wall second;
   - the share of the loop spent waiting for data (reader cost / batch cost; target < 10 %);
   - the same `_run_epoch` over the same batches pre-computed as tensors (the bare step), in
     alternating passes; pipeline overhead = loop wall / bare wall (target <= 1.05), also
-    without the first batch (worker start-up or restart, paid once per epoch), and the pass
-    stretched to a whole epoch of the corpus at its steady per-batch rates (estimate);
+    without each pass's first batch (in the first pass: the worker's start, paid once per run),
+    and the pass stretched to a whole epoch of the corpus at its steady per-batch rates;
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
     2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
     2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
@@ -23,7 +24,8 @@ demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
   - the loader's CPU per batch (features + augmentation, measured in-process) against the
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
   - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, workers at normal
-    priority, and also started afresh every pass (utils/data.py's defaults: niced, persistent),
+    priority, the loader started afresh every pass (utils/data.py's defaults: niced, one run-long
+    iterator),
     numpy's BLAS on one thread (its idle threads spin and take the core from the step),
     augmentation off.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
@@ -46,6 +48,7 @@ figures across processes (threads) are only as steady as the load (reported).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -159,7 +162,7 @@ def run_pass(run, source) -> dict:
     from utils import training
 
     timed = TimedLoader(source)
-    run.loader = timed
+    run.batches = iter(timed)
     run.state.epoch, run.state.batch_in_epoch = MEASURED_EPOCH, 0
     start, cpu_start = time.perf_counter(), time.process_time()
     with stdout_to_stderr():
@@ -313,7 +316,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     roof_before = roof_now(spec)
     cfg = worker_config(config_path, spec, name, model_overrides)
     run = setup_run(cfg)
-    loader = run.loader  # run_pass replaces run.loader by its timing wrapper
+    loader = run_loader(run, cfg)
     feat_dim, vocab = run.model.feat_dim, len(run.vocabulary)
     log(f"{name}: pre-computing {spec['batches']} batches of {spec['batch_size']}")
     bare_batches = precompute(run.train_set, run.sampler)
@@ -345,13 +348,14 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
 
     levers = {}
     for workers in [w for w in spec["lever_workers"] if w != cfg.data.num_workers]:
-        loader = make_loader(run.train_set, run.sampler, workers)
+        loader = run_loader(run, cfg, num_workers=workers)
         figures = pairs_figures([pair(run, loader, bare_batches, f"num_workers={workers}")], flops, roof)
         levers[f"num_workers_{workers}"] = _lever_summary(figures)
     if cfg.data.num_workers > 0:
-        for name, options in (("worker_not_niced", {"niced": False}),
-                              ("worker_not_niced_not_persistent", {"niced": False, "persistent": False})):
-            loader = make_loader(run.train_set, run.sampler, cfg.data.num_workers, **options)
+        # a DataLoader (not an iterator) starts its workers again at each pass's iter()
+        for name, loader in (("worker_not_niced", run_loader(run, cfg, niced=False)),
+                             ("loader_restarted_each_pass", make_loader(run.train_set, run.sampler,
+                                                                         cfg.data.num_workers))):
             figures = pairs_figures([pair(run, loader, bare_batches, name.replace("_", " "))], flops, roof)
             levers[f"{name}_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     with blas_threads(1) as blas:  # forked loader workers inherit the limit
@@ -363,16 +367,20 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     plain_batches = precompute(plain, run.sampler)
     plain_flops = train_flops(model_dict(cfg), run.model.feat_dim, len(run.vocabulary),
                               [tuple(b[0].shape[:2]) for b in plain_batches])
-    loader = make_loader(plain, run.sampler, cfg.data.num_workers)
+    loader = run_loader(run, cfg, dataset=plain)
     figures = pairs_figures([pair(run, loader, plain_batches, "augmentation off")], plain_flops, roof)
     levers[f"augmentation_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     return levers
 
 
-def run_loader(run, cfg):
-    from utils.data import make_loader
+def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None):
+    """train.py's run-long batch iterator, repeating the measured epoch at every pass."""
+    from utils.data import run_batches
 
-    return make_loader(run.train_set, run.sampler, cfg.data.num_workers)
+    run.sampler.set_epoch(MEASURED_EPOCH, 0)
+    return run_batches(dataset or run.train_set, run.sampler,
+                       cfg.data.num_workers if num_workers is None else num_workers, niced,
+                       epochs=itertools.repeat(MEASURED_EPOCH))
 
 
 def _lever_summary(figures: dict) -> dict:
@@ -477,10 +485,9 @@ def memory_worker(spec: dict) -> dict:
     cfg = worker_config("conf/demo.yml", dict(spec, subset=str(manifest)), f"memory_{lines}")
     run = setup_run(cfg)
     assert len(run.train_set) == lines  # (reading the manifest again here would double what is measured)
-    for step, batch in enumerate(run.loader):
-        training._train_step(run, batch, step)
-        if step + 1 >= spec["memory_batches"]:
-            break
+    batches = run_loader(run, cfg)
+    for step in range(spec["memory_batches"]):
+        training._train_step(run, next(batches), step)
     return {"lines": lines, "manifest_mb": rounded(manifest.stat().st_size / 2 ** 20),
             "maxrss_mb": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 

@@ -90,7 +90,7 @@ def _install_markers(emit) -> None:
     def hooked_start(run):
         start_from(run)
         s = run.state
-        emit(f"R {s.epoch} {s.batch_in_epoch} {s.step} {len(run.sampler.rank_batches())} {len(s.history)}")
+        emit(f"R {s.epoch} {s.batch_in_epoch} {s.step} {len(run.sampler)} {len(s.history)}")
     training._start_from = hooked_start
 
 

@@ -7,7 +7,9 @@ and does not depend on which worker computes it: a resumed run sees identical ba
 """
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import paddle
@@ -114,20 +116,44 @@ class BatchSampler(paddle.io.Sampler):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def rank_batches(self) -> list[list[int]]:
-        batches = epoch_batches(self.durations, self.batch_size * self.world_size, self.epoch, self.seed,
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        batches = epoch_batches(self.durations, self.batch_size * self.world_size, epoch, self.seed,
                                 self.sortagrad)
         mine = [np.array_split(batch, self.world_size)[self.rank].tolist()
                 for batch in batches if len(batch) >= self.world_size]
         return mine[:self.num_iters_per_epoch] if self.num_iters_per_epoch > 0 else mine
 
     def __len__(self) -> int:
-        return len(self.rank_batches())
+        return len(self.rank_batches(self.epoch))
 
     def __iter__(self):
-        offset = self.epoch * len(self.durations)
-        for batch in self.rank_batches()[self.start_batch:]:
+        return self.epoch_keys(self.epoch, self.start_batch)
+
+    def epoch_keys(self, epoch: int, start_batch: int = 0):
+        """The dataset keys of epoch `epoch`'s batches from `start_batch` on (set_epoch untouched)."""
+        offset = epoch * len(self.durations)
+        for batch in self.rank_batches(epoch)[start_batch:]:
             yield [offset + i for i in batch]
+
+
+class RunSampler(paddle.io.Sampler):
+    """Epoch after epoch of a BatchSampler's keys, without end, from the epoch and batch its
+    set_epoch named when this was made (later set_epoch calls do not steer it).
+
+    A loader is iterated once per run over this, so its workers start once: iterated afresh each
+    epoch, a loader pays a worker start (about 0.9 s) or, with persistent workers, Paddle's restart,
+    which polls every 0.5 s. `epochs` are the epochs after the first (default: the following ones).
+    """
+
+    def __init__(self, sampler: BatchSampler, epochs: Iterable[int] | None = None):
+        super().__init__()
+        self.sampler, self.first_epoch, self.start_batch = sampler, sampler.epoch, sampler.start_batch
+        self.epochs = epochs if epochs is not None else itertools.count(sampler.epoch + 1)
+
+    def __iter__(self):
+        yield from self.sampler.epoch_keys(self.first_epoch, self.start_batch)
+        for epoch in self.epochs:
+            yield from self.sampler.epoch_keys(epoch)
 
 
 def _lower_priority(worker_id: int) -> None:
@@ -137,23 +163,35 @@ def _lower_priority(worker_id: int) -> None:
         pass
 
 
-def loader_options(num_workers: int, niced: bool = True, persistent: bool = True) -> dict:
-    """DataLoader arguments for `num_workers` feature processes (0: a thread of this process).
-
-    Workers run niced, and persist across epochs: a fresh worker slows the first step of each
-    epoch by about 0.9 s, a persistent one waits 0.5 s (Paddle's restart polls every 0.5 s).
-    make bench measures both flags.
-    """
+def loader_options(num_workers: int, niced: bool = True) -> dict:
+    """DataLoader arguments for `num_workers` niced feature processes (0: this process computes)."""
     if num_workers <= 0:
         return {"num_workers": 0, "use_shared_memory": False}
-    return {"num_workers": num_workers, "use_shared_memory": True, "persistent_workers": persistent,
+    return {"num_workers": num_workers, "use_shared_memory": True,
             "worker_init_fn": _lower_priority if niced else None}
 
 
-def make_loader(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int, niced: bool = True,
-                persistent: bool = True) -> paddle.io.DataLoader:
+def make_loader(dataset: SpeechDataset, sampler: paddle.io.Sampler, num_workers: int,
+                niced: bool = True) -> paddle.io.DataLoader:
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, return_list=True,
-                                **loader_options(num_workers, niced, persistent))
+                                **loader_options(num_workers, niced))
+
+
+def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int, niced: bool = True,
+                epochs: Iterable[int] | None = None):
+    """A generator of the batches of every epoch from the sampler's set_epoch position on (see
+    RunSampler); the training loop takes len(sampler) batches from it per epoch. close() stops
+    the workers: Paddle's iterator stops them only at its end, never reached here, or when
+    garbage-collected, which its own reader thread prevents."""
+    return _close_at_end(make_loader(dataset, RunSampler(sampler, epochs), num_workers, niced))
+
+
+def _close_at_end(loader: paddle.io.DataLoader):
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        iterator._try_shutdown_all()  # workers, or the in-process reader thread
 
 
 def padding_waste(feat_lens: np.ndarray) -> float:

@@ -42,7 +42,7 @@ def sorted_batches(utterances: list[Utterance], batch_size: int) -> list[list[in
 def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) -> paddle.io.DataLoader:
     return paddle.io.DataLoader(dataset, batch_sampler=sorted_batches(dataset.utterances, batch_size),
                                 collate_fn=collate, return_list=True,
-                                **loader_options(num_workers, persistent=False))  # one pass: a restart costs 0.5 s
+                                **loader_options(num_workers))
 
 
 def ctc_loss_per_utterance(logits, out_lens, labels, label_lens) -> paddle.Tensor:
