@@ -14,6 +14,8 @@ import soundfile
 
 from conftest import ROOT, prep_config, read_skipped, write_bytes_lines, write_noise, write_text, write_tone
 from utils.audio import load_audio
+from utils import data_prep
+from utils.audio import AudioError
 from utils.data_prep import DataPrepError, create_data, mirror_path
 from utils.features import compute_features, load_mean_std
 from utils.manifest import read_manifest
@@ -144,6 +146,26 @@ def test_every_bad_input_class_is_skipped_with_its_reason(tmp_path):
     assert [t["text"] for t in manifest(tmp_path, "train")] == ["good one", "say hi there", "last"]
     assert summary.skipped == len(reasons) == 12
     assert f"12 lines skipped (see {tmp_path / 'out' / 'skipped.txt'})" in summary.line()
+
+
+def test_audio_failing_after_its_header_read_is_skipped_with_its_raw_line(tmp_path, monkeypatch):
+    """A file whose header reads but whose samples do not (truncated): dropped at the statistics
+    pass, and skipped.txt still gets its list line, looked up again in the list file."""
+    tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5) for name in ("a", "b", "c")]
+    listing = write_text(tmp_path / "annotation" / "train.txt",
+                         [f"{tone}\tword {name}" for tone, name in zip(tones, "abc")])
+    real_load = data_prep.load_audio
+
+    def load_audio(path, rate):
+        if path.endswith("b.wav"):
+            raise AudioError(f"{path}: truncated data")
+        return real_load(path, rate)
+    monkeypatch.setattr(data_prep, "load_audio", load_audio)
+    summary = create_data(prep_config(tmp_path, listing, **{"prep.test_every": 0}))
+    assert read_skipped(tmp_path / "out" / "skipped.txt") == [
+        [str(listing), "2", "audio: truncated data", f"{tones[1]}\\tword b"]]
+    assert [t["text"] for t in manifest(tmp_path, "train")] == ["word a", "word c"]
+    assert summary.skipped == 1 and summary.train == 2
 
 
 def test_bad_json_and_csv_lines_are_skipped(tmp_path):

@@ -334,7 +334,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
     if levers:
         report["levers"] = loader_levers(run, cfg, spec, bare_batches, flops, roof["roof_gflops"])
-    durations = [u.duration for u in run.train_set.utterances]
+    durations = run.train_set.durations
     report["padding_waste"] = {"subset": epoch_padding(durations, spec["batch_size"], cfg.train.seed,
                                                        PADDING_EPOCHS)}
     report["maxrss_mb"] = rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -373,14 +373,15 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     return levers
 
 
-def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None):
-    """train.py's run-long batch iterator, repeating the measured epoch at every pass."""
+def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None,
+               epoch: int = MEASURED_EPOCH):
+    """train.py's run-long batch iterator, repeating `epoch` at every pass."""
     from utils.data import run_batches
 
-    run.sampler.set_epoch(MEASURED_EPOCH, 0)
+    run.sampler.set_epoch(epoch, 0)
     return run_batches(dataset or run.train_set, run.sampler,
                        cfg.data.num_workers if num_workers is None else num_workers, niced,
-                       epochs=itertools.repeat(MEASURED_EPOCH))
+                       epochs=itertools.repeat(epoch))
 
 
 def _lever_summary(figures: dict) -> dict:
@@ -485,7 +486,7 @@ def memory_worker(spec: dict) -> dict:
     cfg = worker_config("conf/demo.yml", dict(spec, subset=str(manifest)), f"memory_{lines}")
     run = setup_run(cfg)
     assert len(run.train_set) == lines  # (reading the manifest again here would double what is measured)
-    batches = run_loader(run, cfg)
+    batches = run_loader(run, cfg, epoch=0)  # SortaGrad's first batches: the same clips at every size
     for step in range(spec["memory_batches"]):
         training._train_step(run, next(batches), step)
     return {"lines": lines, "manifest_mb": rounded(manifest.stat().st_size / 2 ** 20),

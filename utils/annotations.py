@@ -133,6 +133,12 @@ def read_inputs(files: list[Path], to_simplified: bool = False) -> Iterator[Reco
 ParsedLine = tuple[int, Union[tuple[str, str], LineError], str]
 
 
+def parse_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, raw line) of an input list, numbered as read_inputs numbers them."""
+    for line_no, _, raw in _parser_for(path)(path):
+        yield line_no, raw
+
+
 def _parser_for(path: Path) -> Callable[[Path], Iterator[ParsedLine]]:
     suffix = path.suffix.lower()
     if suffix in JSON_SUFFIXES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import paddle
@@ -17,7 +17,7 @@ import paddle
 from utils.augment import Augmentation
 from utils.audio import load_audio
 from utils.features import compute_features
-from utils.manifest import Utterance
+from utils.manifest import Utterance, UtteranceTable
 from utils.text import Vocabulary
 
 DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
@@ -29,21 +29,21 @@ WORKER_NICENESS = 10
 
 
 class SpeechDataset(paddle.io.Dataset):
-    """dataset[key] -> (feats [T, D] float32, labels [L] int32, index)."""
+    """dataset[key] -> (feats [T, D] float32, labels [L] int32, index).
 
-    def __init__(self, utterances: list[Utterance], vocabulary: Vocabulary, feature_method: str,
-                 sample_rate: int, n_mels: int, augmentation: Augmentation | None = None, seed: int = 0):
+    `utterances` is a list of Utterance or, for training sets of any size, an UtteranceTable.
+    Transcripts are encoded when a sample is made (microseconds; holding every utterance's
+    token ids would cost more memory than the manifest).
+    """
+
+    def __init__(self, utterances: Sequence[Utterance] | UtteranceTable, vocabulary: Vocabulary,
+                 feature_method: str, sample_rate: int, n_mels: int, augmentation: Augmentation | None = None,
+                 seed: int = 0):
         super().__init__()
         self.utterances, self.vocabulary = utterances, vocabulary
         self.feature_method, self.sample_rate, self.n_mels = feature_method, sample_rate, n_mels
         self.augmentation = augmentation or Augmentation()
         self.seed = seed
-        # every utterance's token ids in one array (one numpy object per utterance would cost
-        # about 100 bytes each): labels of utterance i are label_ids[label_starts[i]:label_starts[i + 1]]
-        encoded = [vocabulary.encode(u.text) for u in utterances]
-        self.label_starts = np.cumsum([0] + [len(ids) for ids in encoded], dtype=np.int64)
-        self.label_ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32,
-                                     count=int(self.label_starts[-1]))
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -51,15 +51,19 @@ class SpeechDataset(paddle.io.Dataset):
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.utterances))
         rng = np.random.default_rng((self.seed, epoch, index))
-        samples = load_audio(self.utterances[index].audio_filepath, self.sample_rate)
+        utterance = self.utterances[index]
+        samples = load_audio(utterance.audio_filepath, self.sample_rate)
         samples = self.augmentation.apply_audio(samples, rng)
         feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels)
         feats = self.augmentation.apply_features(feats, rng)
-        return feats, self.labels(index), index
+        return feats, np.asarray(self.vocabulary.encode(utterance.text), dtype=np.int32), index
 
-    def labels(self, index: int) -> np.ndarray:
-        """Token ids [L] int32 of utterance `index`."""
-        return self.label_ids[self.label_starts[index]:self.label_starts[index + 1]]
+    @property
+    def durations(self) -> np.ndarray:
+        """[N] float64 seconds."""
+        if isinstance(self.utterances, UtteranceTable):
+            return self.utterances.durations
+        return np.array([u.duration for u in self.utterances], dtype=np.float64)
 
 
 def collate(batch: list) -> tuple[np.ndarray, ...]:
@@ -76,8 +80,8 @@ def collate(batch: list) -> tuple[np.ndarray, ...]:
 
 
 def epoch_batches(durations: np.ndarray, batch_size: int, epoch: int, seed: int,
-                  sortagrad: bool = True) -> list[list[int]]:
-    """All batches of one epoch, as utterance indices.
+                  sortagrad: bool = True) -> list[np.ndarray]:
+    """All batches of one epoch, as arrays of utterance indices.
 
     SortaGrad: epoch 0 goes shortest to longest. Later epochs sort by duration with a
     seeded +-10 % jitter (so batches hold similar lengths: little padding) and shuffle
@@ -89,7 +93,7 @@ def epoch_batches(durations: np.ndarray, batch_size: int, epoch: int, seed: int,
     else:
         jitter = 1.0 + rng.uniform(-DURATION_JITTER, DURATION_JITTER, len(durations))
         order = np.argsort(durations * jitter, kind="stable")
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]  # views, not int lists
     if not (sortagrad and epoch == 0):
         rng.shuffle(batches)
     return batches
@@ -105,7 +109,7 @@ class BatchSampler(paddle.io.Sampler):
     batch with fewer than W utterances is dropped).
     """
 
-    def __init__(self, durations: list[float], batch_size: int, seed: int, sortagrad: bool = True,
+    def __init__(self, durations: Sequence[float] | np.ndarray, batch_size: int, seed: int, sortagrad: bool = True,
                  rank: int = 0, world_size: int = 1, num_iters_per_epoch: int = 0):
         super().__init__()
         self.durations = np.asarray(durations, dtype=np.float64)
@@ -116,10 +120,10 @@ class BatchSampler(paddle.io.Sampler):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def rank_batches(self, epoch: int) -> list[list[int]]:
+    def rank_batches(self, epoch: int) -> list[np.ndarray]:
         batches = epoch_batches(self.durations, self.batch_size * self.world_size, epoch, self.seed,
                                 self.sortagrad)
-        mine = [np.array_split(batch, self.world_size)[self.rank].tolist()
+        mine = [np.array_split(batch, self.world_size)[self.rank]
                 for batch in batches if len(batch) >= self.world_size]
         return mine[:self.num_iters_per_epoch] if self.num_iters_per_epoch > 0 else mine
 
@@ -133,7 +137,7 @@ class BatchSampler(paddle.io.Sampler):
         """The dataset keys of epoch `epoch`'s batches from `start_batch` on (set_epoch untouched)."""
         offset = epoch * len(self.durations)
         for batch in self.rank_batches(epoch)[start_batch:]:
-            yield [offset + i for i in batch]
+            yield (batch + offset).tolist()
 
 
 class RunSampler(paddle.io.Sampler):

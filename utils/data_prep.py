@@ -1,10 +1,11 @@
 """create_data.py's work: transcript lists in; manifests, vocabulary and mean/std out.
 
-Passes, each with a progress bar: read the lists (text normalized in this process), read
-audio headers (worker processes), convert audio at another rate or with several channels
-into 16 kHz mono files under `prep.resampled_dir`, then feature statistics on a seeded
-sample of training utterances. Audio is never held beyond one file per worker, so memory
-grows only with the manifest itself. A bad line never stops the run: it goes to
+Passes, each with a progress bar: read the lists (text normalized in this process) while
+worker processes read the audio headers, convert audio at another rate or with several
+channels into 16 kHz mono files under `prep.resampled_dir`, then feature statistics on a
+seeded sample of training utterances. Audio is never held beyond one file per worker and kept
+lines are held as columns (utils/kept.py), so memory grows about as the manifest's size. A
+bad line never stops the run: it goes to
 `skipped.txt` next to the manifests with its reason; the run fails only when no training
 utterance is left.
 
@@ -14,6 +15,7 @@ manifest reads the same with or without data_dir.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import multiprocessing.pool
@@ -27,17 +29,19 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, Candidate, InputError, Skip, SkipLog,
+from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, InputError, Skip, SkipLog,
                                find_inputs, read_inputs)
 from utils.audio import AudioError, audio_info, load_audio, save_wav
 from utils.config import Config, PrepConfig
 from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feature_dim, save_mean_std
+from utils.kept import KeptTable, raw_lines, rows_in_order
 from utils.manifest import Utterance, resolve_audio_path, write_manifest
 from utils.text import Vocabulary
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 STATS_CHUNK = 8  # utterances per statistics task
 MAX_TASK_CHUNK = 256  # header probes per task sent to a worker
+PROBE_CHUNK = 64  # header probes per task when the lines stream in (their count unknown)
 TASKS_PER_WORKER = 8
 SECONDS_PER_HOUR = 3600.0
 MAX_LISTED_CHARS = 10
@@ -45,20 +49,6 @@ MAX_LISTED_CHARS = 10
 
 class DataPrepError(ValueError):
     """create_data cannot produce usable output; the message says what to do."""
-
-
-@dataclass(slots=True)
-class Kept:
-    """A line whose text normalized and whose audio header read fine."""
-    source: str
-    line_no: int
-    raw: str
-    path: str  # where to read the audio, relative to the working directory or absolute
-    text: str
-    duration: float
-    sample_rate: int
-    channels: int
-    is_test_file: bool = False
 
 
 @dataclass
@@ -97,19 +87,25 @@ def create_data(cfg: Config) -> PrepSummary:
         kept = _read_and_probe(files, cfg, skips, workers)
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
         noise = _probe_noise(cfg, skips, workers)
-        (train, test, noise), summary.resampled = _convert_all([train, test, noise], cfg, skips, workers)
-        _require_train(train, summary.skipped_path)
-        mean, std, train = _feature_stats(train, cfg, skips, workers)
-        _require_train(train, summary.skipped_path)
+        summary.resampled = _convert_all([kept, noise], cfg, workers)
+        for table in (kept, noise):
+            table.write_drops(skips, raw_lines)
+        train = _require_train(kept, train, summary.skipped_path)
+        try:
+            mean, std = _feature_stats(kept, train, cfg, workers)
+        finally:  # skipped.txt names every failure, also when no frames were left
+            kept.write_drops(skips, raw_lines)
+        train, test = _require_train(kept, train, summary.skipped_path), kept.alive(test)
         summary.skipped = skips.count
-    vocab = Vocabulary.build((k.text for k in train), cfg.prep.count_threshold)
-    oov = [vocab.unknown_chars(k.text) for k in test]
-    summary.oov_test = sum(1 for chars in oov if chars)
+    vocab = Vocabulary.build((kept.text(row) for row in train), cfg.prep.count_threshold)
+    oov = [chars for chars in (vocab.unknown_chars(kept.text(row)) for row in test) if chars]
+    summary.oov_test = len(oov)
     summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
-    summary.written = _write_outputs(cfg, train, test, noise, vocab, mean, std)
-    summary.train, summary.test, summary.noise, summary.vocab_size = len(train), len(test), len(noise), len(vocab)
-    summary.train_hours = sum(k.duration for k in train) / SECONDS_PER_HOUR
-    summary.test_hours = sum(k.duration for k in test) / SECONDS_PER_HOUR
+    summary.written = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
+    summary.train, summary.test, summary.noise, summary.vocab_size = len(train), len(test), len(noise.alive()), len(vocab)
+    durations = np.frombuffer(kept.durations, dtype=np.float64)
+    summary.train_hours = float(durations[train].sum()) / SECONDS_PER_HOUR
+    summary.test_hours = float(durations[test].sum()) / SECONDS_PER_HOUR
     return summary
 
 
@@ -126,10 +122,13 @@ def _check_config(cfg: Config) -> None:
         raise DataPrepError("prep.test_every and prep.max_test must be >= 0 (0 turns the split off)")
 
 
-def _require_train(train: list[Kept], skipped_path: str) -> None:
-    if not train:
+def _require_train(kept: KeptTable, train: np.ndarray, skipped_path: str) -> np.ndarray:
+    """The training rows still alive; an error when none is."""
+    train = kept.alive(train)
+    if not len(train):
         raise DataPrepError(f"no usable training utterance is left; every line was skipped or went to the "
                             f"test set. See {skipped_path} for the reason of each skipped line")
+    return train
 
 
 @dataclass
@@ -148,16 +147,21 @@ def _worker_pool(count: int) -> Iterator[Workers]:
         yield Workers(pool, count)
 
 
-def _pmap(workers: Workers, func: Callable, items: list, desc: str, unit: str = "utt",
-          chunksize: int = 0, weights: Optional[list[int]] = None) -> Iterator:
-    """Ordered map over items, in the pool when there is one, with a progress bar."""
+def _pmap(workers: Workers, func: Callable, items: Iterable, desc: str, unit: str = "utt",
+          chunksize: int = 0, weights: Optional[list[int]] = None, total: Optional[int] = None) -> Iterator:
+    """Ordered map over items, in the pool when there is one, with a progress bar. Items may be
+    a generator: the pool takes them as its workers need them, so they are never all held."""
     if workers.pool is None:
         results = map(func, items)
     else:
-        chunksize = chunksize or max(1, min(MAX_TASK_CHUNK, len(items) // (workers.count * TASKS_PER_WORKER)))
+        if not chunksize:
+            count = total if total is not None else len(items)
+            chunksize = max(1, min(MAX_TASK_CHUNK, count // (workers.count * TASKS_PER_WORKER)))
         results = workers.pool.imap(func, items, chunksize)
-    total = sum(weights) if weights is not None else len(items)
-    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
+    if total is None and weights is None and hasattr(items, "__len__"):
+        total = len(items)
+    with tqdm(total=sum(weights) if weights is not None else total, desc=desc, unit=unit,
+              dynamic_ncols=True) as bar:
         for index, result in enumerate(results):
             bar.update(weights[index] if weights is not None else 1)
             yield result
@@ -179,57 +183,68 @@ def _probe_one(path: str) -> tuple[int, int, float] | str:
         return _audio_reason(err, path)
 
 
-def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Workers) -> list[Kept]:
-    candidates: list[Candidate] = []
-    for record in tqdm(read_inputs(files, cfg.prep.to_simplified), desc="read lists", unit="line",
-                       dynamic_ncols=True):
-        if isinstance(record, Skip):
+def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Workers) -> KeptTable:
+    """Read the lists and probe each line's audio header, streaming: the lines in flight to the
+    workers wait in a queue, in order, and each lands in the table or in skipped.txt."""
+    pending: collections.deque = collections.deque()  # Skip and (Candidate, path) records, in line order
+
+    def paths() -> Iterator[str]:  # runs in the pool's task thread: it only queues, never writes
+        for record in read_inputs(files, cfg.prep.to_simplified):
+            if isinstance(record, Skip):
+                pending.append(record)
+                continue
+            path = resolve_audio_path(record.audio_path, cfg.data.data_dir)
+            pending.append((record, path))
+            yield path
+
+    kept = KeptTable()
+    limits = cfg.data.min_duration, cfg.data.max_duration
+    for info in _pmap(workers, _probe_one, paths(), "audio headers", chunksize=PROBE_CHUNK):
+        while isinstance(pending[0], Skip):
+            record = pending.popleft()
             skips.add(record.source, record.line_no, record.reason, record.raw)
-        else:
-            candidates.append(record)
-    paths = [resolve_audio_path(c.audio_path, cfg.data.data_dir) for c in candidates]
-    kept = []
-    for cand, path, info in zip(candidates, paths, _pmap(workers, _probe_one, paths, "audio headers")):
+        cand, path = pending.popleft()
         if isinstance(info, str):
             skips.add(cand.source, cand.line_no, info, cand.raw)
             continue
         rate, channels, duration = info
-        if not cfg.data.min_duration <= duration <= cfg.data.max_duration:
-            skips.add(cand.source, cand.line_no, f"duration {duration:.2f} s outside [{cfg.data.min_duration}, "
-                      f"{cfg.data.max_duration}] (min_duration/max_duration)", cand.raw)
+        if not limits[0] <= duration <= limits[1]:
+            skips.add(cand.source, cand.line_no, f"duration {duration:.2f} s outside [{limits[0]}, {limits[1]}] "
+                      f"(min_duration/max_duration)", cand.raw)
             continue
-        kept.append(Kept(cand.source, cand.line_no, cand.raw, path, cand.text, duration, rate, channels,
-                         cand.is_test_file))
+        kept.append(cand.source, cand.line_no, path, cand.text, duration, rate, channels, cand.is_test_file)
+    for record in pending:  # skips after the last candidate
+        skips.add(record.source, record.line_no, record.reason, record.raw)
     return kept
 
 
-def _split(kept: list[Kept], prep: PrepConfig, has_test_file: bool) -> tuple[list[Kept], list[Kept]]:
-    """A test.txt input is the test set; else every test_every-th kept line, at most max_test of them."""
-    train: list[Kept] = []
-    test: list[Kept] = []
-    for index, item in enumerate(kept):
-        if has_test_file:
-            to_test = item.is_test_file
-        else:
-            to_test = prep.test_every > 0 and index % prep.test_every == 0 and len(test) < prep.max_test
-        (test if to_test else train).append(item)
-    return train, test
+def _split(kept: KeptTable, prep: PrepConfig, has_test_file: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of train and test: a test.txt input is the test set; else every test_every-th kept
+    line, at most max_test of them."""
+    rows = kept.rows()
+    if has_test_file:
+        to_test = np.array([kept.is_test_file(row) for row in rows], dtype=bool)
+    else:
+        to_test = np.zeros(len(kept), dtype=bool)
+        if prep.test_every > 0:
+            to_test[rows[::prep.test_every][:prep.max_test]] = True
+    return rows[~to_test], rows[to_test]
 
 
-def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> list[Kept]:
+def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> KeptTable:
     """Every audio file under prep.noise_dir (text ''), except converted copies under resampled_dir."""
     noise_dir = Path(cfg.prep.noise_dir)
+    noise = KeptTable()
     if not noise_dir.is_dir():
-        return []
+        return noise
     resampled = Path(cfg.prep.resampled_dir).resolve()
     paths = sorted(str(p) for p in noise_dir.rglob("*")
                    if p.suffix.lower() in AUDIO_SUFFIXES and resampled not in p.resolve().parents)
-    noise = []
     for path, info in zip(paths, _pmap(workers, _probe_one, paths, "noise headers", unit="file")):
         if isinstance(info, str):
             skips.add(str(noise_dir), 0, info, path)
         else:
-            noise.append(Kept(str(noise_dir), 0, path, path, "", info[2], info[0], info[1]))
+            noise.append(str(noise_dir), 0, path, "", info[2], info[0], info[1])
     return noise
 
 
@@ -275,30 +290,30 @@ def _convert_one(job: tuple[str, str, int]) -> float | str:
     return len(samples) / rate
 
 
-def _convert_all(groups: list[list[Kept]], cfg: Config, skips: SkipLog, workers: Workers) -> tuple[list[list[Kept]], int]:
-    """Convert each distinct file at another rate or with several channels once; drop failures."""
-    rate = cfg.features.sample_rate
-    jobs: dict[str, str] = {}
-    for item in (k for group in groups for k in group):
-        if item.sample_rate != rate or item.channels != 1:
-            jobs.setdefault(item.path, str(mirror_path(item.path, cfg.prep.resampled_dir)))
-    if not jobs:
-        return groups, 0
-    tasks = [(src, dst, rate) for src, dst in jobs.items()]
-    results = dict(zip(jobs, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1)))
-    converted = []
-    for group in groups:
-        kept = []
-        for item in group:
-            result = results.get(item.path)
+def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
+    """Convert each distinct file at another rate or with several channels once; failures are
+    dropped from the tables. Returns the number of files converted."""
+    rate, resampled_dir = cfg.features.sample_rate, cfg.prep.resampled_dir
+    sources: dict[str, None] = {}  # distinct files to convert, in first-seen order
+    for table in tables:
+        for row in range(len(table)):
+            if table.sample_rates[row] != rate or table.channels[row] != 1:
+                sources.setdefault(table.input_path(row))
+    if not sources:
+        return 0
+    tasks = ((src, str(mirror_path(src, resampled_dir)), rate) for src in sources)
+    results = dict(zip(sources, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1,
+                                      total=len(sources))))
+    for table in tables:
+        table.converted_path = lambda path: str(mirror_path(path, resampled_dir))
+        for row in range(len(table)):
+            result = results.get(table.input_path(row))
             if isinstance(result, str):
-                skips.add(item.source, item.line_no, result, item.raw)
-                continue
-            if result is not None:
-                item.path, item.duration, item.sample_rate, item.channels = jobs[item.path], result, rate, 1
-            kept.append(item)
-        converted.append(kept)
-    return converted, len(jobs)
+                table.drop(row, result)
+            elif result is not None:
+                table.converted[row], table.durations[row] = True, result
+                table.sample_rates[row], table.channels[row] = rate, 1
+    return len(sources)
 
 
 def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[FeatureStats, list[tuple[int, str]]]:
@@ -316,32 +331,28 @@ def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[Feat
     return stats, failures
 
 
-def _feature_stats(train: list[Kept], cfg: Config, skips: SkipLog, workers: Workers) -> tuple[np.ndarray, np.ndarray, list]:
-    """mean/std [D] over a seeded sample of num_samples training utterances (-1: all of them).
+def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
+                   workers: Workers) -> tuple[np.ndarray, np.ndarray]:
+    """mean/std [D] over a seeded sample of num_samples training rows (-1: all of them).
 
-    Utterances whose audio fails to decode here leave the training set (and go to skipped.txt).
+    Rows whose audio fails to decode here are dropped from the table (and go to skipped.txt).
     """
     count = len(train) if cfg.prep.num_samples < 0 else min(cfg.prep.num_samples, len(train))
-    sample = sorted(random.Random(cfg.train.seed).sample(range(len(train)), count))
-    chunks = [sample[i:i + STATS_CHUNK] for i in range(0, len(sample), STATS_CHUNK)]
+    sample = np.sort(train[random.Random(cfg.train.seed).sample(range(len(train)), count)])
+    starts = range(0, len(sample), STATS_CHUNK)
     feats = cfg.features
-    tasks = [([(i, train[i].path) for i in chunk], feats.feature_method, feats.sample_rate, feats.n_mels)
-             for chunk in chunks]
+    tasks = (([(int(row), kept.path(int(row))) for row in sample[i:i + STATS_CHUNK]], feats.feature_method,
+              feats.sample_rate, feats.n_mels) for i in starts)
     total = FeatureStats(feature_dim(feats.feature_method, feats.sample_rate, feats.n_mels))
-    failed: set[int] = set()
     for stats, failures in _pmap(workers, _stats_chunk, tasks, "mean/std", chunksize=1,
-                                 weights=[len(c) for c in chunks]):
+                                 weights=[min(STATS_CHUNK, len(sample) - i) for i in starts]):
         total.merge(stats)
-        for index, reason in failures:
-            item = train[index]
-            skips.add(item.source, item.line_no, reason, item.raw)
-            failed.add(index)
-    train = [item for i, item in enumerate(train) if i not in failed]
+        for row, reason in failures:
+            kept.drop(row, reason)
     if total.frames == 0:
         raise DataPrepError("the sampled training audio gave no feature frames (all shorter than one window); "
                             "raise --min_duration or check the audio")
-    mean, std = total.mean_std()
-    return mean, std, train
+    return total.mean_std()
 
 
 def _manifest_path(path: str, data_dir: Optional[str]) -> str:
@@ -349,20 +360,24 @@ def _manifest_path(path: str, data_dir: Optional[str]) -> str:
     return os.path.abspath(path) if data_dir and not os.path.isabs(path) else path
 
 
-def _utterances(items: Iterable[Kept], data_dir: Optional[str], by_duration: bool = True) -> list[Utterance]:
-    utts = [Utterance(_manifest_path(k.path, data_dir), k.duration, k.text) for k in items]
-    return sorted(utts, key=lambda u: u.duration) if by_duration else utts
+def _utterances(table: KeptTable, rows: np.ndarray, data_dir: Optional[str],
+                by_duration: bool = True) -> Iterator[Utterance]:
+    order = rows_in_order(rows, np.frombuffer(table.durations, dtype=np.float64)) if by_duration \
+        else (int(row) for row in rows)
+    for row in order:
+        yield Utterance(_manifest_path(table.path(row), data_dir), table.durations[row], table.text(row))
 
 
-def _write_outputs(cfg: Config, train: list[Kept], test: list[Kept], noise: list[Kept],
+def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.ndarray, noise: KeptTable,
                    vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> list[str]:
     prefix, data_dir = cfg.prep.manifest_prefix, cfg.data.data_dir
     written = [f"{prefix}.train", f"{prefix}.test"]
-    write_manifest(written[0], _utterances(train, data_dir))
-    write_manifest(written[1], _utterances(test, data_dir))
-    if noise:
+    write_manifest(written[0], _utterances(kept, train, data_dir))
+    write_manifest(written[1], _utterances(kept, test, data_dir))
+    noise_rows = noise.alive()
+    if len(noise_rows):
         written.append(f"{prefix}.noise")
-        write_manifest(written[-1], _utterances(noise, data_dir, by_duration=False))
+        write_manifest(written[-1], _utterances(noise, noise_rows, data_dir, by_duration=False))
     vocab_path = Path(cfg.data.dataset_vocab)
     vocab_path.parent.mkdir(parents=True, exist_ok=True)
     vocab_tmp = vocab_path.with_name(vocab_path.name + ".tmp")

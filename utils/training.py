@@ -24,7 +24,7 @@ from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
-from utils.manifest import read_manifest
+from utils.manifest import read_manifest, read_manifest_table
 from utils.model import build_model, count_parameters
 from utils.runlog import RunLog, format_duration
 from utils.text import Vocabulary
@@ -123,7 +123,7 @@ def init_distributed() -> tuple[int, int]:
 
 def _datasets(cfg: Config, vocabulary: Vocabulary, rank: int, world_size: int):
     d, f, t = cfg.data, cfg.features, cfg.train
-    train_utts = read_manifest(d.train_manifest, d.data_dir, d.min_duration, d.max_duration)
+    train_utts = read_manifest_table(d.train_manifest, d.data_dir, d.min_duration, d.max_duration)
     test_utts = read_manifest(d.test_manifest, d.data_dir)
     if not train_utts or not test_utts:
         raise TrainingError(f"no utterances in {d.train_manifest if not train_utts else d.test_manifest} "
@@ -134,7 +134,7 @@ def _datasets(cfg: Config, vocabulary: Vocabulary, rank: int, world_size: int):
     train_set = SpeechDataset(train_utts, vocabulary, f.feature_method, f.sample_rate, f.n_mels, augmentation,
                               t.seed)
     test_set = SpeechDataset(test_utts, vocabulary, f.feature_method, f.sample_rate, f.n_mels)
-    sampler = BatchSampler([u.duration for u in train_utts], t.batch_size, t.seed, rank=rank,
+    sampler = BatchSampler(train_utts.durations, t.batch_size, t.seed, rank=rank,
                            world_size=world_size, num_iters_per_epoch=t.num_iters_per_epoch)
     return train_set, test_set, sampler
 
