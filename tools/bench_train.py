@@ -1,6 +1,6 @@
 """Benchmark training on this CPU; prints one JSON report (progress on stderr).
 
-    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 16] [--repeats 3]
+    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 16] [--repeats 5]
 
 On a corpus of 2-4 s clips (the demo corpus when built, else one generated once with
 espeak-ng into bench/corpus) it measures, each part in its own worker process so that the
@@ -532,7 +532,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=None, help="2-4 s clips in the benchmark subset")
     parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (16)")
-    parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (3)")
+    parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (5)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
                         help="parts to leave out")
@@ -546,7 +546,7 @@ def sizes(args) -> dict:
     quick = args.quick
     pick = lambda value, full, small: value if value is not None else (small if quick else full)  # noqa: E731
     return {"batch_size": pick(args.batch_size, 16, 4), "batches": pick(args.batches, 16, 2),
-            "repeats": pick(args.repeats, 3, 1), "ref_steps": pick(args.ref_steps, 3, 2),
+            "repeats": pick(args.repeats, 5, 1), "ref_steps": pick(args.ref_steps, 3, 2),
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
             "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3,
