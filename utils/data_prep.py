@@ -103,7 +103,7 @@ def create_data(cfg: Config) -> PrepSummary:
     summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
     summary.written = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
     summary.train, summary.test, summary.noise, summary.vocab_size = len(train), len(test), len(noise.alive()), len(vocab)
-    durations = np.frombuffer(kept.durations, dtype=np.float64)
+    durations = kept.duration_array()
     summary.train_hours = float(durations[train].sum()) / SECONDS_PER_HOUR
     summary.test_hours = float(durations[test].sum()) / SECONDS_PER_HOUR
     return summary
@@ -362,7 +362,7 @@ def _manifest_path(path: str, data_dir: Optional[str]) -> str:
 
 def _utterances(table: KeptTable, rows: np.ndarray, data_dir: Optional[str],
                 by_duration: bool = True) -> Iterator[Utterance]:
-    order = rows_in_order(rows, np.frombuffer(table.durations, dtype=np.float64)) if by_duration \
+    order = rows_in_order(rows, table.duration_array()) if by_duration \
         else (int(row) for row in rows)
     for row in order:
         yield Utterance(_manifest_path(table.path(row), data_dir), table.durations[row], table.text(row))

@@ -2,16 +2,15 @@
 
 A list of one object per line (with its path, text and raw line as Python strings) cost about
 500 bytes a line: 70 MB more at 100k lines than at 1k, against a 12 MB manifest. Here a line
-costs its path and text in UTF-8 plus about 60 bytes of numbers. The raw input line is not
+costs its path and text in UTF-8 plus about 40 bytes of numbers. The raw input line is not
 held: the few lines that fail after the header probe (conversion, decoding) are looked up
-again in their list file when skipped.txt is written (`DeferredSkips`).
+again in their list file when skipped.txt is written (`KeptTable.write_drops`).
 """
 from __future__ import annotations
 
 import os
 from array import array
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -19,19 +18,6 @@ import numpy as np
 
 from utils.annotations import SkipLog, parse_lines
 from utils.manifest import StringColumn
-
-
-@dataclass(slots=True)
-class Kept:
-    """One kept line, built on demand from a KeptTable row."""
-    source: str
-    line_no: int
-    path: str  # where to read the audio: relative to the working directory or absolute
-    text: str
-    duration: float
-    sample_rate: int
-    channels: int
-    is_test_file: bool = False
 
 
 class KeptTable:
@@ -75,6 +61,10 @@ class KeptTable:
     def __len__(self) -> int:
         return len(self.durations)
 
+    def duration_array(self) -> np.ndarray:
+        """[N] float64 seconds, a view of the column (no copy; the table cannot grow while it lives)."""
+        return np.frombuffer(self.durations, dtype=np.float64)
+
     def rows(self) -> np.ndarray:
         """Every row index, int32 while they fit (half the memory of int64 for 100k-line lists)."""
         return np.arange(len(self), dtype=np.int32 if len(self) < 2 ** 31 else np.int64)
@@ -92,10 +82,6 @@ class KeptTable:
 
     def is_test_file(self, row: int) -> bool:
         return bool(self._is_test[row])
-
-    def __getitem__(self, row: int) -> Kept:
-        return Kept(self.sources[self._source[row]], self._line_no[row], self.path(row), self._texts[row],
-                    self.durations[row], self.sample_rates[row], self.channels[row], bool(self._is_test[row]))
 
     def drop(self, row: int, reason: str) -> None:
         self.dropped[row] = True
