@@ -188,7 +188,7 @@ def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Wor
     workers wait in a queue, in order, and each lands in the table or in skipped.txt."""
     pending: collections.deque = collections.deque()  # Skip and (Candidate, path) records, in line order
 
-    def paths() -> Iterator[str]:  # runs in the pool's task thread: it only queues, never writes
+    def paths() -> Iterator[str]:  # with a pool it runs in the pool's task thread: it only queues, never writes
         for record in read_inputs(files, cfg.prep.to_simplified):
             if isinstance(record, Skip):
                 pending.append(record)
