@@ -102,7 +102,8 @@ def create_data(cfg: Config) -> PrepSummary:
     summary.oov_test = len(oov)
     summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
     summary.written = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
-    summary.train, summary.test, summary.noise, summary.vocab_size = len(train), len(test), len(noise.alive()), len(vocab)
+    summary.train, summary.test, summary.vocab_size = len(train), len(test), len(vocab)
+    summary.noise = len(noise.alive())
     durations = kept.duration_array()
     summary.train_hours = float(durations[train].sum()) / SECONDS_PER_HOUR
     summary.test_hours = float(durations[test].sum()) / SECONDS_PER_HOUR
