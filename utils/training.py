@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 
 from utils.augment import load_augmentation
-from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState, copy_checkpoint,
+from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
                               remove_checkpoint, save_checkpoint)
 from utils.config import Config, print_config, save_config
