@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tools.bench_common import summarize
-from tools.bench_train import epoch_padding, epoch_ratio, forward_flops, train_flops
+from tools.bench_train import (epoch_padding, epoch_ratio, forward_flops, recurrent_train_flops, roof_ceiling,
+                               train_flops)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
@@ -42,6 +43,19 @@ def test_flops_counted_from_shapes():
     assert train_flops(cfg, 8, 6, [(2, 10)]) == 3 * 2 * (1440 + 5 * (630 + 60))
     lstm = dict(cfg, rnn_type="lstm", bidirectional=True)  # 4 gates, 2 directions, head sees 10 inputs
     assert forward_flops(lstm, 8, 6, 1, 10) == 1440 + 5 * (2 * 4 * 2 * (16 + 5) * 5 + 2 * 10 * 6)
+
+
+def test_recurrent_flops_and_the_roof_ceiling():
+    # 5 frames after the conv; GRU hidden 5: 3 gates * 2*5*5 = 150 per frame, twice (forward product
+    # and its input gradient), batch 2
+    cfg = {"conv_channels": [4], "conv_kernels": [[3, 3]], "conv_strides": [[2, 2]], "rnn_type": "gru",
+           "num_rnn_layers": 1, "rnn_size": 5, "bidirectional": False}
+    assert recurrent_train_flops(cfg, [(2, 10)]) == 2 * 150 * 2 * 5
+    total = train_flops(cfg, 8, 6, [(2, 10)])  # 3 x 9780
+    ceiling = roof_ceiling(cfg, 8, 6, [(2, 10)], roof=100.0, recurrent_rate=25.0)
+    seconds = 3000 / 25e9 + (total - 3000) / 100e9
+    assert ceiling["ceiling_roof_fraction"] == pytest.approx(total / seconds / 100e9, rel=1e-3)
+    assert ceiling["recurrent_share_of_flops"] == pytest.approx(3000 / total, rel=1e-3)
 
 
 def test_padding_of_sorted_first_epoch_is_zero_for_equal_pairs():
@@ -79,6 +93,8 @@ def test_bench_train_keys(report):
     assert SUMMARY_KEYS <= set(demo["pipeline_ratio"]) and SUMMARY_KEYS <= set(demo["pipeline_ratio_steady"])
     assert SUMMARY_KEYS <= set(demo["pipeline_ratio_epoch_estimate"]) and demo["epoch_batches"] > 0
     assert demo["gemm"]["roof_gflops"] > 0
+    assert demo["recurrent_product"]["rate_gflops"] > 0
+    assert 0 < demo["roof_ceiling"]["ceiling_roof_fraction"] <= 1.5
     workers = demo["num_workers"]  # conf/demo.yml's; the other counts are levers
     assert set(demo["levers"]) == {f"num_workers_{w}" for w in (0, 1, 2) if w != workers} | {
         f"augmentation_off_num_workers_{workers}", f"numpy_blas_1_thread_num_workers_{workers}"} | (

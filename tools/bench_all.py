@@ -60,6 +60,8 @@ def table_rows(benchmarks: dict) -> list[tuple[str, object, str]]:
         ("train demo GFLOP/s (bare)", _get(t, "demo", "bare_step", "gflops", "median"), ""),
         ("train demo GEMM roof GFLOP/s", _get(t, "demo", "gemm", "roof_gflops"), ""),
         ("train demo fraction of roof", _get(t, "demo", "bare_step", "roof_fraction"), ">= 0.5"),
+        ("train demo fraction of roof, ceiling of the model shape", _get(t, "demo", "roof_ceiling",
+                                                                         "ceiling_roof_fraction"), ""),
         ("train demo padding waste, epoch 2", (_get(t, "demo", "padding_waste", "full_corpus", "sampler_per_epoch")
                                                or [None, None])[1], "low"),
         ("train peer-equivalent audio-s/s (loader)", _get(t, "peer_equivalent", "with_loader", "audio_s_per_s",

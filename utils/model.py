@@ -80,7 +80,7 @@ class DeepSpeech2(nn.Layer):
             lens = conv_output_length(lens, kernel[1], stride[1])
             if index < last:  # the next convolution reads across the end: keep padding at 0
                 # mask expanded to x's shape: Paddle's CPU multiply with a broadcast [B, 1, 1, T']
-                # operand costs 4x more forward and backward (README, "Training step")
+                # operand costs 4x more forward and backward (README, "Benchmarks")
                 x = x * _time_mask(lens, x.shape[3]).unsqueeze(1).unsqueeze(1).expand(x.shape)
         # the last convolution's padded frames stay: the RNN stops at `lens` (sequence_length)
         batch, channels, dim, steps = x.shape
