@@ -30,7 +30,7 @@ demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
     priority, the loader started afresh every pass (utils/data.py's defaults: niced, one run-long
     iterator),
     numpy's BLAS on one thread (its idle threads spin and take the core from the step),
-    augmentation off.
+    augmentation off, and every sample computed beforehand (the loader's own cost).
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
   80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
   (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
@@ -413,7 +413,8 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
 
 def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
     """num_workers 0, 1 and 2 but the config's (the main figure), numpy's BLAS on 1 thread (forked
-    workers inherit it) and augmentation off, each a (loader, bare) pair on the same batches."""
+    workers inherit it), augmentation off, each a (loader, bare) pair on the same batches, and the
+    loader with every sample computed beforehand (its own cost without the features)."""
     from utils.data import SpeechDataset, make_loader
 
     levers = {}
@@ -440,7 +441,31 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     loader = run_loader(run, cfg, dataset=plain)
     figures = pairs_figures([pair(run, loader, plain_batches, "augmentation off")], plain_flops, roof)
     levers[f"augmentation_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
+    # the loader's own cost: the same worker and batches, samples computed beforehand (3 pairs:
+    # one pair moves by a few %)
+    run.sampler.set_epoch(MEASURED_EPOCH, 0)
+    cached = CachedSamples(run.train_set, [key for keys in run.sampler for key in keys])
+    loader = run_loader(run, cfg, dataset=cached)
+    figures = pairs_figures([pair(run, loader, bare_batches, f"samples cached {i + 1}", bare_first=i % 2 == 1)
+                             for i in range(CACHED_PAIRS)], flops, roof)
+    levers[f"samples_cached_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     return levers
+
+
+CACHED_PAIRS = 3
+
+
+class CachedSamples:
+    """dataset[key] -> the sample `dataset` made for key, computed once here (forked workers inherit it)."""
+
+    def __init__(self, dataset, keys: list[int]):
+        self.size, self.samples = len(dataset), {key: dataset[key] for key in keys}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: int):
+        return self.samples[int(key)]
 
 
 def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None,
