@@ -1,0 +1,68 @@
+"""load_audio: 16-bit PCM WAV through the wave module gives soundfile's values; the rest goes to soundfile."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+
+from utils.audio import AudioError, load_audio, read_pcm16_wav
+
+
+def noise(frames: int, channels: int, seed: int = 0) -> np.ndarray:
+    """[frames, channels] float32 in [-0.5, 0.5]."""
+    return (np.random.default_rng(seed).random((frames, channels), dtype=np.float32) - 0.5)
+
+
+def soundfile_mono(path) -> np.ndarray:
+    samples, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm16_wav_reads_as_soundfile_reads_it(tmp_path, channels):
+    path = tmp_path / f"pcm16_{channels}.wav"
+    soundfile.write(str(path), noise(1601, channels), 16000, subtype="PCM_16")
+    samples, rate = read_pcm16_wav(path)
+    assert rate == 16000 and samples.shape == (1601, channels) and samples.dtype == np.float32
+    assert np.array_equal(load_audio(path), soundfile_mono(path))
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "PCM_24", "PCM_U8"])
+def test_other_wav_encodings_go_to_soundfile(tmp_path, subtype):
+    path = tmp_path / f"{subtype}.wav"
+    soundfile.write(str(path), noise(800, 1), 16000, subtype=subtype)
+    assert read_pcm16_wav(path) is None
+    assert np.array_equal(load_audio(path), soundfile_mono(path))
+
+
+def test_flac_and_resampling_still_work(tmp_path):
+    path = tmp_path / "clip.flac"
+    soundfile.write(str(path), noise(8000, 1), 8000, subtype="PCM_16")
+    assert read_pcm16_wav(path) is None
+    assert len(load_audio(path, 16000)) == 16000
+
+
+def test_truncated_pcm16_wav_keeps_its_whole_frames(tmp_path):
+    path = tmp_path / "cut.wav"
+    soundfile.write(str(path), noise(1000, 2), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # the last frame loses 3 of its 4 bytes
+    samples, _ = read_pcm16_wav(path)
+    assert samples.shape == (999, 2)
+
+
+@pytest.mark.parametrize("content,message", [(None, "file not found"), (b"", "not readable audio"),
+                                             (b"RIFF\x04\x00\x00\x00WAVE", "not readable audio")])
+def test_bad_files_raise_audio_errors_that_name_them(tmp_path, content, message):
+    path = tmp_path / "bad.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioError, match=f"bad.wav: {message}"):
+        load_audio(path)
+
+
+def test_pcm16_wav_without_frames_is_zero_duration(tmp_path):
+    path = tmp_path / "empty.wav"
+    soundfile.write(str(path), np.zeros((0, 1), np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match="zero duration"):
+        load_audio(path)
