@@ -249,11 +249,13 @@ def precompute(dataset, sampler) -> list:
 
     sampler.set_epoch(MEASURED_EPOCH, 0)
     dataset[next(iter(sampler))[0]]  # first-call costs (window, mel matrix) are not per batch
-    batches, start, cpu_start = [], time.perf_counter(), time.process_time()
+    # this thread's CPU only: the process's would add Paddle's OpenMP threads spinning after the
+    # model's set-up (numpy's BLAS runs on this thread: OPENBLAS_NUM_THREADS=1, as in the workers)
+    batches, start, cpu_start = [], time.perf_counter(), time.thread_time()
     for keys in sampler:
         batches.append(collate([dataset[key] for key in keys]))
     count = max(1, len(batches))
-    PIPELINE_CPU.append({"cpu_s": (time.process_time() - cpu_start) / count,
+    PIPELINE_CPU.append({"cpu_s": (time.thread_time() - cpu_start) / count,
                          "wall_s": (time.perf_counter() - start) / count})
     return [[paddle.to_tensor(a) for a in batch] for batch in batches]
 
