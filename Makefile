@@ -11,8 +11,8 @@ PADDLE ?= $(shell if nvidia-smi >/dev/null 2>&1; then echo paddlepaddle-gpu; els
 PADDLE_RANGE ?= >=2.6,<4
 DEMO_LANG ?= en
 PYTEST_ARGS ?=
-DEMO_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh
-TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh chromium fonts-liberation
+DEMO_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh g++
+TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh chromium fonts-liberation g++
 
 .PHONY: setup demo test bench lm clean-demo system-deps-demo system-deps-test
 

@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from utils import cpu_kernels
 from utils.config import ModelConfig
 
 HARDTANH_MAX = 20.0  # clipped ReLU of DeepSpeech2
@@ -66,17 +67,21 @@ class DeepSpeech2(nn.Layer):
                              direction="bidirect" if cfg.bidirectional else "forward")
         self.rnn_norm = nn.LayerNorm(cfg.rnn_size * (2 if cfg.bidirectional else 1))
         self.head = nn.Linear(cfg.rnn_size * (2 if cfg.bidirectional else 1), vocab_size)
+        # training on the CPU sets this (train.cpu_kernels): the same weights through utils/csrc/
+        self.cpu_kernels = False
 
     def forward(self, feats: paddle.Tensor, feat_lens: paddle.Tensor):
         """feats [B, T, D], feat_lens [B] int64 -> logits [B, T', V], out_lens [B]."""
+        fused = self.cpu_kernels and paddle.in_dynamic_mode()  # exports trace Paddle's kernels
         mask = _time_mask(feat_lens, feats.shape[1])  # [B, T]
         x = (feats - self.feat_mean) * self.feat_istd * mask.unsqueeze(2)  # [B, T, D], padding = 0
         x = x.transpose([0, 2, 1]).unsqueeze(1)  # [B, 1, D, T]
         lens = feat_lens
         last = len(self.convs) - 1
-        for index, (conv, kernel, stride) in enumerate(zip(self.convs, self.cfg.conv_kernels,
-                                                           self.cfg.conv_strides)):
-            x = conv(x)  # [B, C, D', T']
+        for index, (block, kernel, stride) in enumerate(zip(self.convs, self.cfg.conv_kernels,
+                                                            self.cfg.conv_strides)):
+            # block: Conv2D, BatchNorm2D, Hardtanh -> x [B, C, D', T']
+            x = block[2](block[1](cpu_kernels.conv2d(block[0], x))) if fused else block(x)
             lens = conv_output_length(lens, kernel[1], stride[1])
             if index < last:  # the next convolution reads across the end: keep padding at 0
                 # mask expanded to x's shape: Paddle's CPU multiply with a broadcast [B, 1, 1, T']
@@ -85,8 +90,12 @@ class DeepSpeech2(nn.Layer):
         # the last convolution's padded frames stay: the RNN stops at `lens` (sequence_length)
         batch, channels, dim, steps = x.shape
         x = x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim])  # [B, T', C*D']
-        x, _ = self.rnn(x, sequence_length=lens.astype("int32"))  # [B, T', H*dirs]
-        logits = self.head(self.rnn_norm(x))  # [B, T', V]
+        if fused:
+            x = cpu_kernels.recurrent(self.rnn, x, lens.astype("int32"))  # [B, T', H*dirs]
+        else:
+            x, _ = self.rnn(x, sequence_length=lens.astype("int32"))  # [B, T', H*dirs]
+        x = cpu_kernels.layer_norm(self.rnn_norm, x) if fused else self.rnn_norm(x)
+        logits = self.head(x)  # [B, T', V]
         return logits, lens
 
 

@@ -25,6 +25,7 @@ from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
 from utils.manifest import read_manifest, read_manifest_table
+from utils import cpu_kernels
 from utils.model import build_model, count_parameters
 from utils.runlog import RunLog, format_duration
 from utils.text import Vocabulary
@@ -165,10 +166,12 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
         raise TrainingError(f"{cfg.data.mean_std_path} has {len(normalizer['mean'])}-dim statistics but the "
                             f"features are {dim}-dim; rerun create_data.py with the same --configs")
     model = build_model(cfg.model, dim, len(vocabulary), normalizer["mean"], normalizer["std"])
+    model.cpu_kernels, kernel_note = cpu_kernels.choose(t.cpu_kernels, on_cpu=paddle.get_device() == "cpu")
     optimizer = build_optimizer(cfg, model)
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if t.use_amp else None
     train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
     log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
+    log.info(kernel_note)
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 batches=None,  # started at the first epoch: one loader iterator for the whole run

@@ -1,0 +1,186 @@
+"""Our CPU kernels (utils/csrc/) against Paddle's: the recurrence against nn.GRU / nn.LSTM (one and
+two directions, sorted and unsorted lengths) and the convolution against nn.Conv2D (the model's
+kernel, stride and padding shapes), outputs and every gradient; a whole model step; the choice."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+import train_fixtures  # noqa: F401  (puts the repository on sys.path)
+from test_model import model_config, random_feats, scramble
+from utils import cpu_kernels
+from utils.model import build_model
+
+TOLERANCE = 2e-5  # float32; the two kernels sum the products in different orders
+LENGTHS = {"sorted": [9, 9, 6, 3, 1], "unsorted": [4, 9, 1, 7, 6],
+           # enough rows for the gate pass to split among threads (csrc/rnn.cc, kRowsPerThread)
+           "many rows": [9, 8, 8, 7, 7, 6, 5, 5, 4, 3, 2, 2, 1, 1, 1, 1]}
+
+
+@pytest.fixture(scope="module")
+def ops():
+    try:
+        return cpu_kernels.load_ops()
+    except cpu_kernels.KernelsUnavailable as error:
+        pytest.fail(f"the fused kernel must build where the tests run: {error}")
+
+
+def run_both(rnn: paddle.nn.Layer, lengths: list[int], seed: int = 0):
+    """(Paddle's output, fused output, Paddle's gradients, fused gradients): gradients by name,
+    'x' the input's, of the output weighted by fixed random values (padding included)."""
+    rng = np.random.default_rng(seed)
+    x_value = rng.normal(0.0, 1.0, (len(lengths), max(lengths), rnn.input_size)).astype(np.float32)
+    lens = paddle.to_tensor(np.array(lengths, np.int32))
+    out_shape = (len(lengths), max(lengths), rnn.hidden_size * rnn.num_directions)
+    weights = paddle.to_tensor(rng.normal(0.0, 1.0, out_shape).astype(np.float32))
+    results = []
+    for fused in (False, True):
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        out = cpu_kernels.recurrent(rnn, x, lens) if fused else rnn(x, sequence_length=lens)[0]
+        (out * weights).sum().backward()
+        grads = {name: p.grad.numpy().copy() for name, p in rnn.named_parameters()}
+        grads["x"] = x.grad.numpy().copy()
+        rnn.clear_gradients()
+        results.append((out.numpy(), grads))
+    (reference, reference_grads), (fused, fused_grads) = results
+    return reference, fused, reference_grads, fused_grads
+
+
+@pytest.mark.parametrize("order", sorted(LENGTHS))
+@pytest.mark.parametrize("direction", ["forward", "bidirect"])
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_matches_paddle(ops, mode, direction, order):
+    paddle.seed(3)
+    layer = paddle.nn.GRU if mode == "GRU" else paddle.nn.LSTM
+    rnn = layer(6, 5, num_layers=2, direction=direction)
+    reference, fused, reference_grads, fused_grads = run_both(rnn, LENGTHS[order])
+    assert fused.shape == reference.shape == (len(LENGTHS[order]), 9, 5 * (2 if direction == "bidirect" else 1))
+    np.testing.assert_allclose(fused, reference, atol=TOLERANCE)
+    assert set(fused_grads) == set(reference_grads)
+    for name in reference_grads:
+        np.testing.assert_allclose(fused_grads[name], reference_grads[name], atol=TOLERANCE, err_msg=name)
+
+
+def test_padding_is_zero_and_pinned(ops):
+    """Frames past a row's length are 0; one value pinned so that a change in either kernel shows."""
+    paddle.seed(7)
+    rnn = paddle.nn.GRU(3, 4)
+    x = paddle.ones([2, 4, 3])
+    out = cpu_kernels.recurrent(rnn, x, paddle.to_tensor(np.array([4, 2], np.int32))).numpy()
+    assert np.all(out[1, 2:] == 0.0)
+    assert out[0, 3, 0] == pytest.approx(float(rnn(x)[0].numpy()[0, 3, 0]), abs=TOLERANCE)
+
+
+def test_bad_input_is_refused(ops):
+    rnn = paddle.nn.GRU(3, 4)
+    x = paddle.ones([2, 4, 3])
+    with pytest.raises(Exception, match="lies outside"):
+        cpu_kernels.recurrent(rnn, x, paddle.to_tensor(np.array([5, 2], np.int32)))
+    with pytest.raises(ValueError, match="batch-major"):
+        cpu_kernels.recurrent(paddle.nn.GRU(3, 4, time_major=True), x, paddle.to_tensor([4, 2], "int32"))
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_model_loss_and_gradients_match(ops, rnn_type):
+    """A whole DeepSpeech2 step: the same loss and gradients through either kernel."""
+    from utils.model import log_softmax
+
+    model = build_model(model_config(dict(conv_kernels=[[3, 3]], conv_strides=[[2, 2]]), rnn_type=rnn_type,
+                                     layers=2, size=6), 8, 5)
+    scramble(model)
+    feats, feat_lens = random_feats([12, 7, 10], 8)
+    labels = paddle.to_tensor(np.array([[1, 2, 3], [2, 2, 0], [4, 1, 0]], np.int32))
+    label_lens = paddle.to_tensor(np.array([3, 2, 2], np.int64))
+    losses, grads = [], []
+    for fused in (False, True):
+        model.cpu_kernels = fused
+        logits, out_lens = model(feats, feat_lens)
+        loss = paddle.nn.functional.ctc_loss(log_softmax(logits).transpose([1, 0, 2]), labels, out_lens,
+                                             label_lens, blank=0, reduction="sum")
+        loss.backward()
+        losses.append(float(loss))
+        grads.append({name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None})
+        model.clear_gradients()
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[1][name], grads[0][name], atol=1e-4, err_msg=name)
+
+
+CONV_CASES = {  # (in channels, [kh, kw], [stride h, stride w], input [H, W])
+    "demo first": (1, [3, 3], [2, 2], [20, 31]),
+    "demo second": (3, [3, 3], [2, 1], [10, 16]),
+    "reference": (2, [41, 11], [2, 2], [45, 30]),
+    "even kernel, stride 3": (2, [4, 4], [1, 3], [9, 17]),
+}
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv2d_matches_paddle(ops, case, input_grad):
+    channels, kernel, stride, size = CONV_CASES[case]
+    paddle.seed(5)
+    conv = paddle.nn.Conv2D(channels, 4, kernel, stride, padding=(kernel[0] // 2, kernel[1] // 2), bias_attr=False)
+    rng = np.random.default_rng(2)
+    x_value = rng.normal(0.0, 1.0, [3, channels] + size).astype(np.float32)
+    results = []
+    for fused in (False, True):
+        x = paddle.to_tensor(x_value, stop_gradient=not input_grad)
+        out = cpu_kernels.conv2d(conv, x) if fused else conv(x)
+        if not results:
+            weights = paddle.to_tensor(rng.normal(0.0, 1.0, out.shape).astype(np.float32))
+        (out * weights).sum().backward()
+        results.append((out.numpy(), conv.weight.grad.numpy().copy(), x.grad.numpy().copy() if input_grad else None))
+        conv.clear_gradients()
+    (reference, reference_dw, reference_dx), (fused, fused_dw, fused_dx) = results
+    assert fused.shape == reference.shape
+    np.testing.assert_allclose(fused, reference, atol=TOLERANCE)
+    np.testing.assert_allclose(fused_dw, reference_dw, rtol=1e-4, atol=1e-4)
+    if input_grad:
+        np.testing.assert_allclose(fused_dx, reference_dx, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("shape", [[3, 7, 10], [200, 6]])  # 200 rows: split among threads
+def test_layer_norm_matches_paddle(ops, shape):
+    paddle.seed(4)
+    norm = paddle.nn.LayerNorm(shape[-1])
+    rng = np.random.default_rng(6)
+    norm.weight.set_value(rng.normal(1.0, 0.3, shape[-1]).astype(np.float32))
+    norm.bias.set_value(rng.normal(0.0, 0.3, shape[-1]).astype(np.float32))
+    x_value = rng.normal(0.5, 2.0, shape).astype(np.float32)
+    weights = paddle.to_tensor(rng.normal(0.0, 1.0, shape).astype(np.float32))
+    results = []
+    for fused in (False, True):
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        out = cpu_kernels.layer_norm(norm, x) if fused else norm(x)
+        (out * weights).sum().backward()
+        results.append([out.numpy(), x.grad.numpy().copy(), norm.weight.grad.numpy().copy(),
+                        norm.bias.grad.numpy().copy()])
+        norm.clear_gradients()
+    for name, fused, reference in zip(["y", "dx", "dgamma", "dbeta"], results[1], results[0]):
+        np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_conv2d_refuses_what_it_does_not_compute(ops):
+    with pytest.raises(ValueError, match="without bias, groups or dilation"):
+        cpu_kernels.conv2d(paddle.nn.Conv2D(1, 2, 3), paddle.ones([1, 1, 5, 5]))  # a bias
+
+
+def test_choose(ops):
+    assert cpu_kernels.choose("paddle", on_cpu=True)[0] is False
+    assert cpu_kernels.choose("auto", on_cpu=False) == (
+        False, "convolutions and recurrent layers: Paddle's kernels (ours are for the CPU)")
+    use, note = cpu_kernels.choose("auto", on_cpu=True)
+    assert use and "our CPU kernels" in note
+    with pytest.raises(ValueError, match="train.cpu_kernels must be one of auto, fused, paddle"):
+        cpu_kernels.choose("cudnn", on_cpu=True)
+
+
+def test_without_compiler_auto_falls_back_and_fused_says_why(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_ops", None)
+    monkeypatch.setattr(cpu_kernels, "_build_error", None)
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
+    use, note = cpu_kernels.choose("auto", on_cpu=True)
+    assert not use and "need g++ (apt-get install g++)" in note
+    with pytest.raises(cpu_kernels.KernelsUnavailable, match="train.cpu_kernels=paddle"):
+        cpu_kernels.choose("fused", on_cpu=True)

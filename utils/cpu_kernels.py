@@ -1,0 +1,158 @@
+"""Our C++ CPU kernels for the training step (utils/csrc/), built on first use and called by the model.
+
+Paddle's CPU kernels for the two costliest parts of a DeepSpeech2 step leave most of this CPU idle
+(README, "Benchmarks"):
+- recurrent layers (csrc/rnn.cc): Paddle's GRU/LSTM spends about 130 us a frame and layer around
+  its products; ours runs one packed MKL sgemm and one vectorized pass over the gates a frame;
+- convolutions (csrc/conv.cc): Paddle's conv2d unfolds each image on one thread; ours unfolds
+  and multiplies the batch's images on all OpenMP threads;
+- the layer norm after the recurrent layers (csrc/norm.cc): Paddle's backward takes 8 ms a step.
+All read the model's own parameters (nn.GRU / nn.LSTM / nn.Conv2D / nn.LayerNorm), so checkpoints, exports and
+the GPU path are unchanged; tests/test_cpu_kernels.py pins outputs and gradients to Paddle's.
+
+The kernels are compiled with g++ against the installed Paddle (about 15 s, once) into
+build/cpu_kernels/<key>/, <key> covering the sources, the Paddle version and the CPU (the build
+uses -march=native), and loaded from there afterwards.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import platform
+import shutil
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import paddle
+import paddle.nn as nn
+
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rnn.cc", "conv.cc", "norm.cc")]
+BUILD_ROOT = Path(__file__).resolve().parents[1] / "build" / "cpu_kernels"
+EXTENSION_NAME = "ds2_cpu_kernels"
+CHOICES = ("auto", "fused", "paddle")  # train.cpu_kernels
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+
+_ops = None          # the loaded extension module
+_build_error = None  # why it could not be built, once tried
+
+
+class KernelsUnavailable(RuntimeError):
+    pass
+
+
+def _cpu_description() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return "".join(line for line in handle if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        return platform.processor()
+
+
+def build_directory() -> Path:
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES) + " ".join(COMPILE_FLAGS).encode()
+                         + paddle.__version__.encode() + _cpu_description().encode())
+    return BUILD_ROOT / key.hexdigest()[:16]
+
+
+def load_ops():
+    """The compiled operators, built on first use; KernelsUnavailable says why they cannot be."""
+    global _ops, _build_error
+    if _ops is not None:
+        return _ops
+    if _build_error is not None:
+        raise KernelsUnavailable(_build_error)
+    if shutil.which("g++") is None:
+        _build_error = "our CPU kernels need g++ (apt-get install g++), or set train.cpu_kernels=paddle"
+        raise KernelsUnavailable(_build_error)
+    from paddle.utils.cpp_extension import load
+
+    folder = build_directory()
+    folder.mkdir(parents=True, exist_ok=True)
+    libs = Path(paddle.__file__).parent / "libs"  # Paddle's MKL (cblas_sgemm) and Intel OpenMP
+    # one build at a time: training processes on one machine (or test workers) share the folder
+    with open(folder / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chatter = io.StringIO()  # Paddle's builder prints its setup.py run
+        try:
+            with redirect_stdout(chatter):
+                _ops = load(name=EXTENSION_NAME, sources=[str(path) for path in SOURCES],
+                            extra_cxx_cflags=COMPILE_FLAGS,
+                            # Paddle's own OpenMP runtime (libiomp5, which also serves GCC's
+                            # GOMP calls): one thread pool in the process, not two
+                            extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so",
+                                           f"-Wl,-rpath,{libs}"],
+                            build_directory=str(folder), verbose=False)
+        except Exception as error:  # a compiler error, a missing header: say where and what
+            _build_error = (f"building {', '.join(map(str, SOURCES))} in {folder} failed "
+                            f"({type(error).__name__}: {error}); set train.cpu_kernels=paddle to train without them")
+            raise KernelsUnavailable(_build_error) from error
+    for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or another Paddle
+        if stale != folder and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return _ops
+
+
+def choose(setting: str, on_cpu: bool) -> tuple[bool, str]:
+    """train.cpu_kernels -> (use our kernels?, a log line naming the kernels and why).
+
+    'auto' takes ours on the CPU when they build, 'fused' insists (the error says why they cannot),
+    'paddle' keeps Paddle's; on a GPU Paddle's (cuDNN) run whatever the setting.
+    """
+    if setting not in CHOICES:
+        raise ValueError(f"train.cpu_kernels must be one of {', '.join(CHOICES)}, not '{setting}'")
+    if not on_cpu:
+        return False, "convolutions and recurrent layers: Paddle's kernels (ours are for the CPU)"
+    if setting == "paddle":
+        return False, "convolutions and recurrent layers: Paddle's kernels (train.cpu_kernels=paddle)"
+    try:
+        load_ops()
+    except KernelsUnavailable as error:
+        if setting == "fused":
+            raise
+        return False, f"convolutions and recurrent layers: Paddle's kernels ({error})"
+    return True, (f"convolutions and recurrent layers: our CPU kernels (train.cpu_kernels={setting}; "
+                  f"built in {build_directory()})")
+
+
+def conv2d(conv: nn.Conv2D, x: paddle.Tensor) -> paddle.Tensor:
+    """What `conv(x)` returns for an NCHW nn.Conv2D without bias, groups or dilation:
+    x [B, C, H, W] -> [B, O, H', W']."""
+    if conv._groups != 1 or list(conv._dilation) != [1, 1] or conv.bias is not None or conv._data_format != "NCHW":
+        raise ValueError(f"cpu_kernels.conv2d handles NCHW convolutions without bias, groups or dilation, not {conv}")
+    if isinstance(conv._padding, str) or len(conv._padding) != 2:
+        raise ValueError(f"cpu_kernels.conv2d takes padding as [h, w], not {conv._padding}")
+    return load_ops().ds2_fused_conv2d(x, conv.weight, list(conv._stride), list(conv._padding), not x.stop_gradient)
+
+
+def layer_norm(norm: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
+    """What `norm(x)` returns for a LayerNorm over the last axis (with its weight and bias): x [..., D]."""
+    if len(norm._normalized_shape) != 1 or norm.weight is None or norm.bias is None:
+        raise ValueError(f"cpu_kernels.layer_norm handles a LayerNorm over the last axis with weight and bias, "
+                         f"not {norm}")
+    return load_ops().ds2_fused_layer_norm(x, norm.weight, norm.bias, float(norm._epsilon))[0]
+
+
+def recurrent(rnn: nn.RNNBase, x: paddle.Tensor, lens: paddle.Tensor) -> paddle.Tensor:
+    """What `rnn(x, sequence_length=lens)[0]` returns, through our recurrence kernel.
+
+    rnn: the model's nn.GRU or nn.LSTM (batch-major, no projection); x [B, T, I] float32;
+    lens [B] int32 -> [B, T, H * directions], 0 on frames at or past a row's length.
+    """
+    ops = load_ops()
+    if rnn.mode not in ("GRU", "LSTM") or rnn.time_major or getattr(rnn, "proj_size", 0):
+        raise ValueError(f"cpu_kernels.recurrent handles batch-major GRU and LSTM without projection, not {rnn}")
+    op = ops.ds2_fused_gru if rnn.mode == "GRU" else ops.ds2_fused_lstm
+    suffixes = ["", "_reverse"][:rnn.num_directions]
+    for layer in range(rnn.num_layers):
+        outputs = []
+        for suffix in suffixes:
+            def weight(name):
+                return getattr(rnn, f"{name}_l{layer}{suffix}")
+            gates_x = paddle.matmul(x, weight("weight_ih"), transpose_y=True)  # [B, T, G*H]
+            outputs.append(op(gates_x, weight("bias_ih"), weight("weight_hh"), weight("bias_hh"), lens,
+                              suffix == "_reverse")[0])  # [B, T, H]
+        x = outputs[0] if len(outputs) == 1 else paddle.concat(outputs, axis=-1)  # [B, T, H*dirs]
+        if rnn.dropout and layer < rnn.num_layers - 1:
+            x = nn.functional.dropout(x, rnn.dropout, training=rnn.training)
+    return x

@@ -1,0 +1,211 @@
+// 2-D convolution (NCHW, no bias, no dilation or groups) for training on the CPU, as a Paddle
+// custom operator (utils/cpu_kernels.py builds and calls it).
+//
+// Paddle's CPU conv2d runs the demo's 32 -> 32 channel 3x3 convolution at about 5 GFLOP/s: 16 ms
+// forward and 60 ms forward + backward on [16, 32, 40, 150] (README, "Benchmarks"). Here each
+// image is unfolded into columns [C*kh*kw, H'*W'] (im2col) and multiplied by the weight [O, C*kh*kw]
+// with one MKL sgemm; the backward pass unfolds again, takes dW = dY col^T and
+// dcol = W^T dY, and folds dcol back onto the image (col2im). Images run in parallel on the
+// OpenMP threads Paddle uses (OMP_NUM_THREADS), one sgemm each.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "paddle/extension.h"
+
+extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+namespace {
+
+constexpr int kRowMajor = 101;
+constexpr int kNoTrans = 111;
+constexpr int kTrans = 112;
+
+struct ConvShape {
+  int64_t batch, channels, height, width;   // input
+  int64_t out_channels, kernel_h, kernel_w;  // weight
+  int64_t stride_h, stride_w, pad_h, pad_w;
+  int64_t out_h, out_w;
+  int64_t col_rows() const { return channels * kernel_h * kernel_w; }
+  int64_t col_cols() const { return out_h * out_w; }
+};
+
+ConvShape MakeShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w, const std::vector<int>& strides,
+                    const std::vector<int>& paddings) {
+  PD_CHECK(x.size() == 4 && w.size() == 4, "fused_conv2d takes x [B, C, H, W] and weight [O, C, kh, kw]");
+  PD_CHECK(x[1] == w[1], "fused_conv2d: x has ", x[1], " channels, the weight ", w[1]);
+  PD_CHECK(strides.size() == 2 && paddings.size() == 2, "fused_conv2d: strides and paddings are [h, w]");
+  ConvShape s{x[0], x[1], x[2], x[3], w[0], w[2], w[3], strides[0], strides[1], paddings[0], paddings[1], 0, 0};
+  s.out_h = (s.height + 2 * s.pad_h - s.kernel_h) / s.stride_h + 1;
+  s.out_w = (s.width + 2 * s.pad_w - s.kernel_w) / s.stride_w + 1;
+  PD_CHECK(s.out_h > 0 && s.out_w > 0, "fused_conv2d: the input is smaller than the kernel");
+  return s;
+}
+
+// The output columns ow whose input column ow * stride - pad + j lies inside [0, width): [first, last).
+struct Span {
+  int64_t first, last;
+};
+
+Span InsideColumns(const ConvShape& s, int64_t j) {
+  const int64_t offset = j - s.pad_w;  // iw = ow * stride_w + offset
+  int64_t first = offset >= 0 ? 0 : (-offset + s.stride_w - 1) / s.stride_w;
+  int64_t last = (s.width - 1 - offset) / s.stride_w + 1;  // first ow with iw >= width
+  if (s.width - 1 - offset < 0) last = 0;
+  first = std::min(first, s.out_w);
+  last = std::max(first, std::min(last, s.out_w));
+  return {first, last};
+}
+
+// col [C*kh*kw, H'*W'] from one image [C, H, W]; 0 where the kernel reads the padding.
+void Unfold(const float* __restrict image, const ConvShape& s, float* __restrict col) {
+  for (int64_t c = 0; c < s.channels; ++c) {
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      for (int64_t j = 0; j < s.kernel_w; ++j) {
+        float* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * s.col_cols();
+        const Span inside = InsideColumns(s, j);
+        const int64_t offset = j - s.pad_w;
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i;
+          float* out = row + oh * s.out_w;
+          if (ih < 0 || ih >= s.height) {
+            std::fill(out, out + s.out_w, 0.0f);
+            continue;
+          }
+          const float* in = image + (c * s.height + ih) * s.width + offset;
+          std::fill(out, out + inside.first, 0.0f);
+          if (s.stride_w == 1) {
+            std::memcpy(out + inside.first, in + inside.first, sizeof(float) * (inside.last - inside.first));
+          } else {
+            for (int64_t ow = inside.first; ow < inside.last; ++ow) out[ow] = in[ow * s.stride_w];
+          }
+          std::fill(out + inside.last, out + s.out_w, 0.0f);
+        }
+      }
+    }
+  }
+}
+
+// image [C, H, W] += the columns folded back (the adjoint of Unfold); image starts at 0.
+void Fold(const float* __restrict col, const ConvShape& s, float* __restrict image) {
+  for (int64_t c = 0; c < s.channels; ++c) {
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      for (int64_t j = 0; j < s.kernel_w; ++j) {
+        const float* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * s.col_cols();
+        const Span inside = InsideColumns(s, j);
+        const int64_t offset = j - s.pad_w;
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i;
+          if (ih < 0 || ih >= s.height) continue;
+          const float* in = row + oh * s.out_w;
+          float* out = image + (c * s.height + ih) * s.width + offset;
+          if (s.stride_w == 1) {
+            for (int64_t ow = inside.first; ow < inside.last; ++ow) out[ow] += in[ow];
+          } else {
+            for (int64_t ow = inside.first; ow < inside.last; ++ow) out[ow * s.stride_w] += in[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+int Threads(int64_t batch) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), batch))); }
+
+std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                        const std::vector<int>& strides, const std::vector<int>& paddings,
+                                        bool input_grad) {
+  PD_CHECK(x.is_cpu() && weight.is_cpu(), "fused_conv2d runs on the CPU only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && weight.dtype() == paddle::DataType::FLOAT32,
+           "fused_conv2d takes float32");
+  const ConvShape s = MakeShape(x.shape(), weight.shape(), strides, paddings);
+  auto y = paddle::empty({s.batch, s.out_channels, s.out_h, s.out_w}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* wd = weight.data<float>();
+  float* yd = y.data<float>();
+  const int threads = Threads(s.batch);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> col(s.col_rows() * s.col_cols());
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < s.batch; ++b) {
+      Unfold(xd + b * s.channels * s.height * s.width, s, col.data());
+      // y_b [O, H'W'] = W [O, C*kh*kw] x col [C*kh*kw, H'W']
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.out_channels, s.col_cols(), s.col_rows(), 1.0f, wd,
+                  s.col_rows(), col.data(), s.col_cols(), 0.0f, yd + b * s.out_channels * s.col_cols(),
+                  s.col_cols());
+    }
+  }
+  return {y};
+}
+
+std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                         const paddle::Tensor& d_y, const std::vector<int>& strides,
+                                         const std::vector<int>& paddings, bool input_grad) {
+  const ConvShape s = MakeShape(x.shape(), weight.shape(), strides, paddings);
+  auto d_x = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto d_w = paddle::empty(weight.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* wd = weight.data<float>();
+  const float* dyd = d_y.data<float>();
+  float* dxd = d_x.data<float>();
+  const int64_t image = s.channels * s.height * s.width, weights = s.out_channels * s.col_rows();
+  if (!input_grad) std::memset(dxd, 0, sizeof(float) * d_x.numel());  // x needs none (the features)
+  const int threads = Threads(s.batch);
+  std::vector<float> d_w_parts(threads * weights, 0.0f);  // one dW per thread, summed below
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> col(s.col_rows() * s.col_cols());
+    float* d_w_part = d_w_parts.data() + omp_get_thread_num() * weights;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < s.batch; ++b) {
+      const float* dy = dyd + b * s.out_channels * s.col_cols();
+      Unfold(xd + b * image, s, col.data());
+      // dW [O, C*kh*kw] += dY_b [O, H'W'] x col^T
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.out_channels, s.col_rows(), s.col_cols(), 1.0f, dy,
+                  s.col_cols(), col.data(), s.col_cols(), 1.0f, d_w_part, s.col_rows());
+      if (input_grad) {
+        // dcol [C*kh*kw, H'W'] = W^T x dY_b, then folded onto dx_b
+        cblas_sgemm(kRowMajor, kTrans, kNoTrans, s.col_rows(), s.col_cols(), s.out_channels, 1.0f, wd,
+                    s.col_rows(), dy, s.col_cols(), 0.0f, col.data(), s.col_cols());
+        std::memset(dxd + b * image, 0, sizeof(float) * image);
+        Fold(col.data(), s, dxd + b * image);
+      }
+    }
+  }
+  float* dwd = d_w.data<float>();
+  std::copy(d_w_parts.begin(), d_w_parts.begin() + weights, dwd);
+  for (int t = 1; t < threads; ++t) {
+    const float* part = d_w_parts.data() + t * weights;
+    for (int64_t k = 0; k < weights; ++k) dwd[k] += part[k];
+  }
+  return {d_x, d_w};
+}
+
+std::vector<std::vector<int64_t>> ConvShapes(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                             const std::vector<int>& strides, const std::vector<int>& paddings,
+                                             bool input_grad) {
+  const ConvShape s = MakeShape(x, w, strides, paddings);
+  return {{s.batch, s.out_channels, s.out_h, s.out_w}};
+}
+
+std::vector<paddle::DataType> ConvTypes(const paddle::DataType& x, const paddle::DataType& w) { return {x}; }
+
+}  // namespace
+
+PD_BUILD_OP(ds2_fused_conv2d)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Out"})
+    .Attrs({"strides: std::vector<int>", "paddings: std::vector<int>", "input_grad: bool"})
+    .SetKernelFn(PD_KERNEL(ConvForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(ConvShapes))
+    .SetInferDtypeFn(PD_INFER_DTYPE(ConvTypes));
+
+PD_BUILD_GRAD_OP(ds2_fused_conv2d)
+    .Inputs({"X", "Weight", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
+    .Attrs({"strides: std::vector<int>", "paddings: std::vector<int>", "input_grad: bool"})
+    .SetKernelFn(PD_KERNEL(ConvBackward));
