@@ -102,6 +102,8 @@ def test_bench_train_keys(report):
         {f"worker_not_niced_num_workers_{workers}", f"loader_restarted_each_pass_num_workers_{workers}"}
         if workers > 0 else set())
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
+    kernels = demo["cpu_kernels"]  # the lever on and off: ours (utils/cpu_kernels.py) and Paddle's
+    assert kernels["used"] and kernels["ours_audio_s_per_s"] > 0 and kernels["paddle_audio_s_per_s"] > 0
     assert {"subset", "full_corpus"} <= set(demo["padding_waste"])
     assert {"lines_200", "lines_2000", "growth_mb", "manifest_growth_mb"} <= set(train["memory"])
     assert train["memory"]["lines_2000"]["maxrss_mb"] > 0

@@ -161,6 +161,39 @@ def test_layer_norm_matches_paddle(ops, shape):
         np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_batch_norm_clip_matches_paddle(ops, masked):
+    """clip(norm(x)) then the padding mask, Paddle's ops against ours: output, gradients of x,
+    gamma and beta, and the running statistics after two steps."""
+    paddle.seed(8)
+    rng = np.random.default_rng(9)
+    x_value = rng.normal(0.3, 2.0, (4, 3, 5, 7)).astype(np.float32)
+    lens = paddle.to_tensor(np.array([7, 5, 3, 6], np.int64))
+    weights = paddle.to_tensor(rng.normal(0.0, 1.0, x_value.shape).astype(np.float32))
+    results = []
+    for fused in (False, True):
+        norm, clip = paddle.nn.BatchNorm2D(3), paddle.nn.Hardtanh(0.0, 2.0)  # a low clip: both sides clip
+        norm.weight.set_value(np.array([1.0, 0.5, 2.0], np.float32))
+        norm.bias.set_value(np.array([0.2, -0.1, 0.5], np.float32))
+        for _ in range(2):
+            x = paddle.to_tensor(x_value, stop_gradient=False)
+            if fused:
+                out = cpu_kernels.batch_norm_clip(norm, clip, x, lens if masked else None)
+            else:
+                out = clip(norm(x))
+                if masked:
+                    out = out * (paddle.arange(7).unsqueeze(0) < lens.unsqueeze(1)).astype("float32").unsqueeze(
+                        1).unsqueeze(1).expand(out.shape)
+            (out * weights).sum().backward()
+            grads = [x.grad.numpy().copy(), norm.weight.grad.numpy().copy(), norm.bias.grad.numpy().copy()]
+            norm.clear_gradients()
+        results.append([out.numpy(), *grads, norm._mean.numpy().copy(), norm._variance.numpy().copy()])
+    assert 0 < (results[0][0] == 2.0).mean() < 0.5  # the upper clip acts
+    for name, fused, reference in zip(["y", "dx", "dgamma", "dbeta", "running mean", "running var"], results[1],
+                                      results[0]):
+        np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
 def test_conv2d_refuses_what_it_does_not_compute(ops):
     with pytest.raises(ValueError, match="without bias, groups or dilation"):
         cpu_kernels.conv2d(paddle.nn.Conv2D(1, 2, 3), paddle.ones([1, 1, 5, 5]))  # a bias

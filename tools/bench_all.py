@@ -62,6 +62,9 @@ def table_rows(benchmarks: dict) -> list[tuple[str, object, str]]:
         ("train demo fraction of roof", _get(t, "demo", "bare_step", "roof_fraction"), ">= 0.5"),
         ("train demo fraction of roof, ceiling of the model shape", _get(t, "demo", "roof_ceiling",
                                                                          "ceiling_roof_fraction"), ""),
+        ("train demo bare step, our CPU kernels / Paddle's (speedup)", _get(t, "demo", "cpu_kernels", "speedup"), ""),
+        ("train demo fraction of roof with Paddle's kernels", _get(t, "demo", "cpu_kernels", "paddle_roof_fraction"),
+         ""),
         ("train demo padding waste, epoch 2", (_get(t, "demo", "padding_waste", "full_corpus", "sampler_per_epoch")
                                                or [None, None])[1], "low"),
         ("train peer-equivalent audio-s/s (loader)", _get(t, "peer_equivalent", "with_loader", "audio_s_per_s",

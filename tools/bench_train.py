@@ -408,6 +408,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
               "roof_ceiling": ceiling,
               **pairs_figures(pairs, flops, roof["roof_gflops"], spec.get("epoch_batches", 0))}
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
+    report["cpu_kernels"] = kernels_lever(run, bare_batches, flops, roof["roof_gflops"])
     if levers:
         report["levers"] = loader_levers(run, cfg, spec, bare_batches, flops, roof["roof_gflops"])
     durations = run.train_set.durations
@@ -459,6 +460,25 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
 
 
 CACHED_PAIRS = 3
+
+
+def kernels_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
+    """The bare step with Paddle's kernels and with ours (utils/cpu_kernels.py), two passes each in
+    the order paddle, ours, ours, paddle (to cancel drift): the lever on and off."""
+    chosen = run.model.cpu_kernels
+    if not chosen:
+        return {"used": False, "why": "train.cpu_kernels chose Paddle's kernels (see the log)"}
+    passes = {False: [], True: []}
+    for fused in (False, True, True, False):
+        label = "our" if fused else "Paddle's"
+        log(f"  bare pass with {label} kernels")
+        run.model.cpu_kernels = fused
+        passes[fused].append(run_pass(run, bare_batches))
+    run.model.cpu_kernels = chosen
+    figures = {name: pass_figures(passes[fused], flops, roof) for name, fused in (("ours", True), ("paddle", False))}
+    return {"used": True, **{f"{name}_audio_s_per_s": figures[name]["audio_s_per_s"]["median"] for name in figures},
+            **{f"{name}_roof_fraction": figures[name]["roof_fraction"] for name in figures},
+            "speedup": ratio(figures["ours"]["audio_s_per_s"]["median"], figures["paddle"]["audio_s_per_s"]["median"])}
 
 
 class CachedSamples:
@@ -517,7 +537,7 @@ def reference_worker(spec: dict) -> dict:
     """A few bare steps of conf/deepspeech2.yml on real 161-dim spectrograms of 2-4 s clips."""
     import paddle
 
-    from utils import training
+    from utils import cpu_kernels, training
     from utils.checkpoint import TrainState
     from utils.config import Config, load_yaml
     from utils.data import SpeechDataset, collate
@@ -536,12 +556,13 @@ def reference_worker(spec: dict) -> dict:
     dataset = SpeechDataset(utterances, vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     dim = feature_dim(f.feature_method, f.sample_rate, f.n_mels)
     model = build_model(cfg.model, dim, len(vocabulary))
+    gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    model.cpu_kernels, kernels = cpu_kernels.choose(cfg.train.cpu_kernels, on_cpu=not gpu)  # as train.py does
     run = training._Run(cfg=cfg, rank=0, world_size=1, model=model, parallel=model,
                         optimizer=training.build_optimizer(cfg, model), scaler=None, train_set=dataset,
                         state=TrainState(), nan_in_row=0)
     batch = [paddle.to_tensor(a) for a in collate([dataset[i] for i in range(len(dataset))])]
     model.train()
-    gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
     def time_steps(label: str) -> list:
         seconds = []
@@ -568,7 +589,7 @@ def reference_worker(spec: dict) -> dict:
         amp = {"step_s": summarize(amp_seconds[1:] or amp_seconds), "audio_s_per_s": rounded(audio / amp_step),
                "speedup_vs_float32": ratio(step, amp_step)}
     return {"config": "conf/deepspeech2.yml", "model": model_dict(cfg), "feature_method": f.feature_method,
-            "device": paddle.device.get_device(), "feat_dim": dim, "batch_shape": list(shape),
+            "device": paddle.device.get_device(), "kernels": kernels, "feat_dim": dim, "batch_shape": list(shape),
             "first_step_s": rounded(seconds[0]), "step_s": summarize(timed_steps),
             "audio_s_per_s": rounded(audio / step), "gpu_amp": amp,
             "gflops": rounded(flops / step / 1e9), "roof_fraction": rounded(flops / step / 1e9 / roof["roof_gflops"]),

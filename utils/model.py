@@ -80,13 +80,18 @@ class DeepSpeech2(nn.Layer):
         last = len(self.convs) - 1
         for index, (block, kernel, stride) in enumerate(zip(self.convs, self.cfg.conv_kernels,
                                                             self.cfg.conv_strides)):
-            # block: Conv2D, BatchNorm2D, Hardtanh -> x [B, C, D', T']
-            x = block[2](block[1](cpu_kernels.conv2d(block[0], x))) if fused else block(x)
             lens = conv_output_length(lens, kernel[1], stride[1])
-            if index < last:  # the next convolution reads across the end: keep padding at 0
-                # mask expanded to x's shape: Paddle's CPU multiply with a broadcast [B, 1, 1, T']
-                # operand costs 4x more forward and backward (README, "Benchmarks")
-                x = x * _time_mask(lens, x.shape[3]).unsqueeze(1).unsqueeze(1).expand(x.shape)
+            # block: Conv2D, BatchNorm2D, Hardtanh -> x [B, C, D', T']; the next convolution reads
+            # across the end, so its input's padding is set to 0 (the mask)
+            if fused and self.training:  # the norm, the clip and the mask in one op
+                x = cpu_kernels.batch_norm_clip(block[1], block[2], cpu_kernels.conv2d(block[0], x),
+                                                lens if index < last else None)
+            else:
+                x = block[2](block[1](cpu_kernels.conv2d(block[0], x))) if fused else block(x)
+                if index < last:
+                    # mask expanded to x's shape: Paddle's CPU multiply with a broadcast [B, 1, 1, T']
+                    # operand costs 4x more forward and backward (README, "Benchmarks")
+                    x = x * _time_mask(lens, x.shape[3]).unsqueeze(1).unsqueeze(1).expand(x.shape)
         # the last convolution's padded frames stay: the RNN stops at `lens` (sequence_length)
         batch, channels, dim, steps = x.shape
         x = x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim])  # [B, T', C*D']

@@ -113,7 +113,15 @@ void Fold(const float* __restrict col, const ConvShape& s, float* __restrict ima
   }
 }
 
-int Threads(int64_t batch) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), batch))); }
+// Each thread holds one image's columns; above this many bytes of columns (the reference
+// config's 21x11 kernel over 32 channels of a 20 s clip needs about 1.2 GB) one thread unfolds
+// and MKL alone spreads the products over the cores.
+constexpr int64_t kColumnBytesPerThreadMax = int64_t{256} << 20;
+
+int Threads(const ConvShape& s) {
+  if (s.col_rows() * s.col_cols() * static_cast<int64_t>(sizeof(float)) > kColumnBytesPerThreadMax) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), s.batch)));
+}
 
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                         const std::vector<int>& strides, const std::vector<int>& paddings,
@@ -126,7 +134,7 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x, const paddle::T
   const float* xd = x.data<float>();
   const float* wd = weight.data<float>();
   float* yd = y.data<float>();
-  const int threads = Threads(s.batch);
+  const int threads = Threads(s);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> col(s.col_rows() * s.col_cols());
@@ -154,7 +162,7 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x, const paddle::
   float* dxd = d_x.data<float>();
   const int64_t image = s.channels * s.height * s.width, weights = s.out_channels * s.col_rows();
   if (!input_grad) std::memset(dxd, 0, sizeof(float) * d_x.numel());  // x needs none (the features)
-  const int threads = Threads(s.batch);
+  const int threads = Threads(s);
   std::vector<float> d_w_parts(threads * weights, 0.0f);  // one dW per thread, summed below
 #pragma omp parallel num_threads(threads)
   {

@@ -1,7 +1,8 @@
-// Layer normalization over the last axis for training on the CPU, as a Paddle custom operator
-// (utils/cpu_kernels.py builds and calls it).
+// Normalizations for training on the CPU, as Paddle custom operators (utils/cpu_kernels.py builds
+// and calls them): the layer norm after the recurrent layers, and each convolution block's batch
+// norm with its clip and padding mask.
 //
-// Paddle's CPU layer_norm backward takes 8 ms on the demo's [16, 150, 320] (README,
+// Layer norm: Paddle's CPU layer_norm backward takes 8 ms on the demo's [16, 150, 320] (README,
 // "Benchmarks"); here each row is one pass forward and two backward, rows split among the
 // OpenMP threads.
 //   y = (x - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + epsilon)
@@ -135,7 +136,180 @@ std::vector<paddle::DataType> NormTypes(const paddle::DataType& x, const paddle:
   return {x, x, x};
 }
 
+// ------------------------------------------------------------------ batch norm + clip + mask
+// The end of each convolution block in training: y = clip(gamma * xhat + beta, clip_min, clip_max) * mask,
+// xhat = (x - mean) * rstd with the batch's statistics per channel over [B, H, W] (biased
+// variance, as Paddle's BatchNorm2D), mask 0 on frames w >= lens[b] when masking. Paddle runs
+// these as five ops (batch_norm, hardtanh, expand, multiply, and their backward: about 24 ms of
+// the demo step); here one pass for the statistics and one for the output, channels split
+// among the OpenMP threads. The running statistics are updated by the caller from Mean/Var.
+
+struct Image {
+  int64_t batch, channels, height, width;
+};
+
+Image CheckImage(const paddle::Tensor& x, const paddle::Tensor& gamma, const paddle::Tensor& beta,
+                 const paddle::Tensor& lens) {
+  PD_CHECK(x.is_cpu() && gamma.is_cpu() && beta.is_cpu() && lens.is_cpu(), "fused_batch_norm runs on the CPU only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && gamma.dtype() == paddle::DataType::FLOAT32 &&
+               beta.dtype() == paddle::DataType::FLOAT32 && lens.dtype() == paddle::DataType::INT32,
+           "fused_batch_norm takes float32 x, gamma, beta and int32 lens");
+  const auto shape = x.shape();
+  PD_CHECK(shape.size() == 4, "fused_batch_norm takes x [B, C, H, W]");
+  PD_CHECK(gamma.numel() == shape[1] && beta.numel() == shape[1], "fused_batch_norm: one gamma and beta a channel");
+  PD_CHECK(lens.numel() == shape[0], "fused_batch_norm: one length a batch row");
+  return {shape[0], shape[1], shape[2], shape[3]};
+}
+
+// Frames [0, kept) of row b stay, the rest is masked to 0.
+inline int64_t KeptFrames(const int* lens, int64_t b, int64_t width, bool mask) {
+  return mask ? std::min<int64_t>(std::max(lens[b], 0), width) : width;
+}
+
+int ChannelThreads(const Image& im) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), im.channels)));
+}
+
+std::vector<paddle::Tensor> BatchNormClipForward(const paddle::Tensor& x, const paddle::Tensor& gamma,
+                                                 const paddle::Tensor& beta, const paddle::Tensor& lens,
+                                                 float epsilon, float clip_min, float clip_max, bool mask) {
+  const Image im = CheckImage(x, gamma, beta, lens);
+  auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto mean = paddle::empty({im.channels}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto var = paddle::empty({im.channels}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* g = gamma.data<float>();
+  const float* bt = beta.data<float>();
+  const int* ld = lens.data<int>();
+  float* yd = y.data<float>();
+  float* md = mean.data<float>();
+  float* vd = var.data<float>();
+  const int64_t plane = im.height * im.width, count = im.batch * plane;
+#pragma omp parallel for schedule(static) num_threads(ChannelThreads(im))
+  for (int64_t c = 0; c < im.channels; ++c) {
+    double sum = 0.0, squares = 0.0;
+    for (int64_t b = 0; b < im.batch; ++b) {
+      const float* in = xd + (b * im.channels + c) * plane;
+      float part = 0.0f, part_squares = 0.0f;
+      for (int64_t k = 0; k < plane; ++k) {
+        part += in[k];
+        part_squares += in[k] * in[k];
+      }
+      sum += part;
+      squares += part_squares;
+    }
+    const double mu = sum / count, variance = std::max(0.0, squares / count - mu * mu);
+    const float inv = static_cast<float>(1.0 / std::sqrt(variance + epsilon));
+    const float scale = g[c] * inv, shift = bt[c] - static_cast<float>(mu) * scale;
+    for (int64_t b = 0; b < im.batch; ++b) {
+      const float* in = xd + (b * im.channels + c) * plane;
+      float* out = yd + (b * im.channels + c) * plane;
+      const int64_t kept = KeptFrames(ld, b, im.width, mask);
+      for (int64_t h = 0; h < im.height; ++h) {
+        const float* row = in + h * im.width;
+        float* dst = out + h * im.width;
+        for (int64_t w = 0; w < kept; ++w) dst[w] = std::min(std::max(row[w] * scale + shift, clip_min), clip_max);
+        std::fill(dst + kept, dst + im.width, 0.0f);
+      }
+    }
+    md[c] = static_cast<float>(mu);
+    vd[c] = static_cast<float>(variance);
+  }
+  return {y, mean, var};
+}
+
+std::vector<paddle::Tensor> BatchNormClipBackward(const paddle::Tensor& x, const paddle::Tensor& gamma,
+                                                  const paddle::Tensor& beta, const paddle::Tensor& lens,
+                                                  const paddle::Tensor& mean, const paddle::Tensor& var,
+                                                  const paddle::Tensor& d_y, float epsilon, float clip_min,
+                                                  float clip_max, bool mask) {
+  const Image im = CheckImage(x, gamma, beta, lens);
+  auto d_x = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto d_gamma = paddle::empty({im.channels}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto d_beta = paddle::empty({im.channels}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* g = gamma.data<float>();
+  const float* bt = beta.data<float>();
+  const int* ld = lens.data<int>();
+  const float* md = mean.data<float>();
+  const float* vd = var.data<float>();
+  const float* dyd = d_y.data<float>();
+  float* dxd = d_x.data<float>();
+  float* dgd = d_gamma.data<float>();
+  float* dbd = d_beta.data<float>();
+  const int64_t plane = im.height * im.width, count = im.batch * plane;
+#pragma omp parallel for schedule(static) num_threads(ChannelThreads(im))
+  for (int64_t c = 0; c < im.channels; ++c) {
+    const float mu = md[c], inv = 1.0f / std::sqrt(vd[c] + epsilon);
+    const float scale = g[c] * inv, shift = bt[c] - mu * scale;
+    // pass 1: g = dy where the clip and the mask let it through; sums of g and g * xhat
+    double sum_g = 0.0, sum_g_xhat = 0.0;
+    for (int64_t b = 0; b < im.batch; ++b) {
+      const float* in = xd + (b * im.channels + c) * plane;
+      const float* dy = dyd + (b * im.channels + c) * plane;
+      const int64_t kept = KeptFrames(ld, b, im.width, mask);
+      float part_g = 0.0f, part_g_xhat = 0.0f;
+      for (int64_t h = 0; h < im.height; ++h) {
+        for (int64_t w = 0; w < kept; ++w) {
+          const int64_t k = h * im.width + w;
+          const float pre = in[k] * scale + shift;
+          const float pass = (pre > clip_min && pre < clip_max) ? dy[k] : 0.0f;
+          part_g += pass;
+          part_g_xhat += pass * (in[k] - mu) * inv;
+        }
+      }
+      sum_g += part_g;
+      sum_g_xhat += part_g_xhat;
+    }
+    const float mean_g = static_cast<float>(sum_g / count), mean_g_xhat = static_cast<float>(sum_g_xhat / count);
+    // pass 2: dx = gamma * rstd * (g - mean(g) - xhat * mean(g * xhat))
+    for (int64_t b = 0; b < im.batch; ++b) {
+      const float* in = xd + (b * im.channels + c) * plane;
+      const float* dy = dyd + (b * im.channels + c) * plane;
+      float* out = dxd + (b * im.channels + c) * plane;
+      const int64_t kept = KeptFrames(ld, b, im.width, mask);
+      for (int64_t h = 0; h < im.height; ++h) {
+        for (int64_t w = 0; w < im.width; ++w) {
+          const int64_t k = h * im.width + w;
+          const float pre = in[k] * scale + shift;
+          const float pass = (w < kept && pre > clip_min && pre < clip_max) ? dy[k] : 0.0f;
+          const float xhat = (in[k] - mu) * inv;
+          out[k] = scale * (pass - mean_g - xhat * mean_g_xhat);
+        }
+      }
+    }
+    dgd[c] = static_cast<float>(sum_g_xhat);
+    dbd[c] = static_cast<float>(sum_g);
+  }
+  return {d_x, d_gamma, d_beta};
+}
+
+std::vector<std::vector<int64_t>> BatchNormShapes(const std::vector<int64_t>& x, const std::vector<int64_t>& gamma,
+                                                  const std::vector<int64_t>& beta, const std::vector<int64_t>& lens,
+                                                  float epsilon, float clip_min, float clip_max, bool mask) {
+  return {x, {x[1]}, {x[1]}};
+}
+
+std::vector<paddle::DataType> BatchNormTypes(const paddle::DataType& x, const paddle::DataType& gamma,
+                                             const paddle::DataType& beta, const paddle::DataType& lens) {
+  return {x, x, x};
+}
+
 }  // namespace
+
+PD_BUILD_OP(ds2_fused_batch_norm_clip)
+    .Inputs({"X", "Gamma", "Beta", "Lens"})
+    .Outputs({"Y", "Mean", "Var"})
+    .Attrs({"epsilon: float", "clip_min: float", "clip_max: float", "mask: bool"})
+    .SetKernelFn(PD_KERNEL(BatchNormClipForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BatchNormShapes))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BatchNormTypes));
+
+PD_BUILD_GRAD_OP(ds2_fused_batch_norm_clip)
+    .Inputs({"X", "Gamma", "Beta", "Lens", "Mean", "Var", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Gamma"), paddle::Grad("Beta")})
+    .Attrs({"epsilon: float", "clip_min: float", "clip_max: float", "mask: bool"})
+    .SetKernelFn(PD_KERNEL(BatchNormClipBackward));
 
 PD_BUILD_OP(ds2_fused_layer_norm)
     .Inputs({"X", "Gamma", "Beta"})
