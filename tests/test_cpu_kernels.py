@@ -62,6 +62,19 @@ def test_matches_paddle(ops, mode, direction, order):
         np.testing.assert_allclose(fused_grads[name], reference_grads[name], atol=TOLERANCE, err_msg=name)
 
 
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_saturated_gates_stay_finite(ops, mode):
+    """Pre-activations far past exp's float range (|v| > 88): sigmoid and tanh saturate, as Paddle's
+    do, instead of turning into NaN (a Mandarin demo model reached |v| > 44 in a tanh)."""
+    paddle.seed(11)
+    rnn = (paddle.nn.GRU if mode == "GRU" else paddle.nn.LSTM)(4, 32)  # 32: the vectorized gate loop runs
+    x = paddle.to_tensor(np.random.default_rng(12).normal(0.0, 500.0, (2, 5, 4)).astype(np.float32))
+    lens = paddle.to_tensor(np.array([5, 4], np.int32))
+    fused = cpu_kernels.recurrent(rnn, x, lens).numpy()
+    assert np.isfinite(fused).all()
+    np.testing.assert_allclose(fused, rnn(x, sequence_length=lens)[0].numpy(), atol=TOLERANCE)
+
+
 def test_padding_is_zero_and_pinned(ops):
     """Frames past a row's length are 0; one value pinned so that a change in either kernel shows."""
     paddle.seed(7)
@@ -202,7 +215,7 @@ def test_conv2d_refuses_what_it_does_not_compute(ops):
 def test_choose(ops):
     assert cpu_kernels.choose("paddle", on_cpu=True)[0] is False
     assert cpu_kernels.choose("auto", on_cpu=False) == (
-        False, "convolutions and recurrent layers: Paddle's kernels (ours are for the CPU)")
+        False, "convolutions, norms and recurrent layers: Paddle's kernels (ours are for the CPU)")
     use, note = cpu_kernels.choose("auto", on_cpu=True)
     assert use and "our CPU kernels" in note
     with pytest.raises(ValueError, match="train.cpu_kernels must be one of auto, fused, paddle"):

@@ -26,6 +26,8 @@ demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
     random batches;
   - the loader's CPU per batch (features + augmentation, measured in-process) against the
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
+  - cpu_kernels: the bare step with Paddle's CPU kernels and with ours (utils/cpu_kernels.py),
+    alternating passes, for the demo and the peer-equivalent config;
   - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, workers at normal
     priority, the loader started afresh every pass (utils/data.py's defaults: niced, one run-long
     iterator),
@@ -42,7 +44,7 @@ threads: bare steps of the demo model, the loader's feature CPU and the GEMM roo
 memory: peak RSS of train.py's set-up plus a few steps of the demo config with 1k, 10k and
   100k manifest lines (clips repeated), each in a fresh process, against the manifest's size.
 reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
-  1024), a few bare steps; on a GPU build with a GPU also the same steps under AMP O1
+  1024), a few bare steps with the kernels train.py would choose; on a GPU build with a GPU also the same steps under AMP O1
   (gpu_amp: throughput and speedup over float32).
 
 Ratios are measured inside one process, because this machine is shared and noisy; the

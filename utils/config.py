@@ -77,8 +77,8 @@ class TrainConfig:
     grad_clip: float = _key(5.0, "global gradient-norm clip (0: off)")
     accum_grad: int = _key(1, "batches accumulated per optimizer step")
     use_amp: bool = _key(False, "float16 mixed precision (GPU only)")
-    cpu_kernels: str = _key("auto", "convolutions and recurrent layers on the CPU: fused (our C++ kernels, "
-                                    "built with g++), paddle, or auto (fused when they build)")
+    cpu_kernels: str = _key("auto", "the step's convolutions, norms and recurrent layers on the CPU: fused "
+                                    "(our C++ kernels, built with g++), paddle, or auto (fused when they build)")
     scale_lr_by_world_size: bool = _key(False, "multiply learning_rate by the number of processes")
     log_interval: int = _key(20, "batches between log lines")
     save_step: int = _key(0, "also save epoch_N every this many batches (0: once per epoch)")

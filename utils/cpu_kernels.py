@@ -105,16 +105,16 @@ def choose(setting: str, on_cpu: bool) -> tuple[bool, str]:
     if setting not in CHOICES:
         raise ValueError(f"train.cpu_kernels must be one of {', '.join(CHOICES)}, not '{setting}'")
     if not on_cpu:
-        return False, "convolutions and recurrent layers: Paddle's kernels (ours are for the CPU)"
+        return False, "convolutions, norms and recurrent layers: Paddle's kernels (ours are for the CPU)"
     if setting == "paddle":
-        return False, "convolutions and recurrent layers: Paddle's kernels (train.cpu_kernels=paddle)"
+        return False, "convolutions, norms and recurrent layers: Paddle's kernels (train.cpu_kernels=paddle)"
     try:
         load_ops()
     except KernelsUnavailable as error:
         if setting == "fused":
             raise
-        return False, f"convolutions and recurrent layers: Paddle's kernels ({error})"
-    return True, (f"convolutions and recurrent layers: our CPU kernels (train.cpu_kernels={setting}; "
+        return False, f"convolutions, norms and recurrent layers: Paddle's kernels ({error})"
+    return True, (f"convolutions, norms and recurrent layers: our CPU kernels (train.cpu_kernels={setting}; "
                   f"built in {build_directory()})")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+from utils import cpu_kernels
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
@@ -25,7 +26,6 @@ from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
 from utils.manifest import read_manifest, read_manifest_table
-from utils import cpu_kernels
 from utils.model import build_model, count_parameters
 from utils.runlog import RunLog, format_duration
 from utils.text import Vocabulary

@@ -67,8 +67,18 @@ class PackedWeight {
   float* buffer_;
 };
 
-inline float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
-inline float Tanh(float v) { return 2.0f / (1.0f + std::exp(-2.0f * v)) - 1.0f; }
+// exp only ever sees -|v|, so it never overflows: with -ffast-math an overflow to inf turned
+// sigmoid and tanh into NaN (a Mandarin demo model's gates reached |v| > 44). A NaN in still
+// gives a NaN out.
+inline float Sigmoid(float v) {
+  const float e = std::exp(-std::fabs(v));  // (0, 1]
+  const float s = 1.0f / (1.0f + e);
+  return v >= 0.0f ? s : e * s;
+}
+inline float Tanh(float v) {
+  const float e = std::exp(-2.0f * std::fabs(v));  // (0, 1]
+  return std::copysign((1.0f - e) / (1.0f + e), v);
+}
 
 struct Dims {
   int64_t steps, batch, hidden;
