@@ -1,21 +1,20 @@
 """Our C++ CPU kernels for the training step (utils/csrc/), built on first use and called by the model.
 
-Paddle's CPU kernels for the two costliest parts of a DeepSpeech2 step leave most of this CPU idle
-(README, "Benchmarks"):
+Paddle's CPU kernels leave much of a 2-core CPU idle in a DeepSpeech2 step (README, "Benchmarks"):
 - recurrent layers (csrc/rnn.cc): Paddle's GRU/LSTM spends about 130 us a frame and layer around
   its products; ours runs one packed MKL sgemm and one vectorized pass over the gates a frame;
 - convolutions (csrc/conv.cc): Paddle's conv2d unfolds each image on one thread; ours unfolds
   and multiplies the batch's images on all OpenMP threads;
-- the normalizations (csrc/norm.cc): the layer norm after the recurrent layers (Paddle's
-  backward takes 8 ms a step) and each convolution block's batch norm, clip and padding mask
-  in one op (five of Paddle's, about 24 ms a step).
+- normalizations (csrc/norm.cc): the layer norm after the recurrent layers (Paddle's backward
+  takes 8 ms a step) and each convolution block's batch norm, clip and padding mask in one op
+  (five of Paddle's, about 24 ms a step).
 All read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D / nn.LayerNorm /
-nn.BatchNorm2D), so checkpoints, exports and
-the GPU path are unchanged; tests/test_cpu_kernels.py pins outputs and gradients to Paddle's.
+nn.BatchNorm2D), so checkpoints, exports and the GPU path are unchanged;
+tests/test_cpu_kernels.py pins outputs and gradients to Paddle's.
 
 The kernels are compiled with g++ against the installed Paddle (about 15 s, once) into
-build/cpu_kernels/<key>/, <key> covering the sources, the Paddle version and the CPU (the build
-uses -march=native), and loaded from there afterwards.
+build/cpu_kernels/<key>/, <key> covering the sources, the flags, the Paddle version and the CPU
+(the build uses -march=native), and loaded from there afterwards.
 """
 from __future__ import annotations
 
@@ -87,8 +86,10 @@ def load_ops():
                                            f"-Wl,-rpath,{libs}"],
                             build_directory=str(folder), verbose=False)
         except Exception as error:  # a compiler error, a missing header: say where and what
+            output = chatter.getvalue().strip()[-1500:]
             _build_error = (f"building {', '.join(map(str, SOURCES))} in {folder} failed "
-                            f"({type(error).__name__}: {error}); set train.cpu_kernels=paddle to train without them")
+                            f"({type(error).__name__}: {error}){': ' + output if output else ''}; "
+                            f"set train.cpu_kernels=paddle to train without them")
             raise KernelsUnavailable(_build_error) from error
     for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or another Paddle
         if stale != folder and stale.is_dir():
