@@ -202,6 +202,58 @@ std::vector<paddle::Tensor> FinishGrads(Grads& grads, const BiasSums& sums, cons
   return {grads.gates_x, grads.bias_ih, grads.weight_hh, grads.bias_hh};
 }
 
+// The frame loop both cells share, forward: at step s, one product h W_hh^T for the running rows,
+// then each running row b takes its frame (b, t), t = s or lens[b] - 1 - s in reverse:
+// row(b, frame) runs the cell's gate pass on h[b] in place and saves what the backward pass needs.
+template <typename Row>
+void ForwardFrames(const Lengths& len, int64_t steps, int64_t hidden, const PackedWeight& weight, bool reverse,
+                   std::vector<float>& h, std::vector<float>& hh, float* h_prev_all, float* out, Row row) {
+  for (int64_t s = 0; s < len.max_len; ++s) {
+    const int64_t rows = ActiveRows(len.values, s, len.sorted);
+    weight.Multiply(h.data(), rows, hh.data(), false);
+#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
+    for (int64_t b = 0; b < rows; ++b) {
+      if (s >= len.values[b]) continue;
+      const int64_t frame = b * steps + TimeIndex(len.values[b], s, reverse);
+      float* state = h.data() + b * hidden;
+      std::memcpy(h_prev_all + frame * hidden, state, sizeof(float) * hidden);
+      row(b, frame);
+      std::memcpy(out + frame * hidden, state, sizeof(float) * hidden);
+    }
+  }
+}
+
+// Backward, from the last step down: row(b, frame, t, s, dh, d_x, d_hh, direct) takes the
+// gradient dh reaching h at that frame and writes the row's d(x W_ih^T), d(h W_hh^T + b_hh) and
+// `direct`, the part of dh_prev that skips W_hh; then dh_prev = direct + d_hh W_hh for all rows.
+template <typename Row>
+void BackwardFrames(const Lengths& len, int64_t steps, int64_t hidden, int64_t gate_width, const PackedWeight& weight,
+                    bool reverse, float* d_gates_x, float* d_hh_all, BiasSums& sums, Row row) {
+  const int64_t batch = static_cast<int64_t>(len.values.size());
+  std::vector<float> dh(batch * hidden, 0.0f), dh_prev(batch * hidden, 0.0f), d_hh_step(batch * gate_width, 0.0f);
+  for (int64_t s = len.max_len - 1; s >= 0; --s) {
+    const int64_t rows = ActiveRows(len.values, s, len.sorted);
+#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
+    for (int64_t b = 0; b < rows; ++b) {
+      float* dstep = d_hh_step.data() + b * gate_width;
+      float* direct = dh_prev.data() + b * hidden;
+      if (s >= len.values[b]) {  // ended: nothing flows back through this row yet
+        std::fill(dstep, dstep + gate_width, 0.0f);
+        std::fill(direct, direct + hidden, 0.0f);
+        continue;
+      }
+      const int64_t t = TimeIndex(len.values[b], s, reverse), frame = b * steps + t;
+      float* dx = d_gates_x + frame * gate_width;
+      row(b, frame, t, s, dh.data() + b * hidden, dx, dstep, direct);
+      std::memcpy(d_hh_all + frame * gate_width, dstep, sizeof(float) * gate_width);
+      Accumulate(sums.ForX(omp_get_thread_num()), dx, gate_width);
+      Accumulate(sums.ForH(omp_get_thread_num()), dstep, gate_width);
+    }
+    weight.Multiply(d_hh_step.data(), rows, dh_prev.data(), true);  // dh_prev = direct + d_hh W_hh
+    std::copy(dh_prev.begin(), dh_prev.begin() + rows * hidden, dh.begin());
+  }
+}
+
 // ------------------------------------------------------------------------------------- GRU
 // r = sigmoid(x_r + h W_r + b_r), z = sigmoid(x_z + h W_z + b_z),
 // c = tanh(x_c + r * (h W_c + b_c)), h' = z * h + (1 - z) * c
@@ -260,23 +312,13 @@ std::vector<paddle::Tensor> GruForward(const paddle::Tensor& gates_x, const padd
   const float* gx = gates_x.data<float>();
   const float* bias_x = b_ih.data<float>();
   const float* bias = b_hh.data<float>();
-  float* o = out.data<float>();
   float* gs = gates.data<float>();
   float* hc = hidden_c.data<float>();
-  float* hp = h_prev_all.data<float>();
-  for (int64_t s = 0; s < len.max_len; ++s) {
-    const int64_t rows = ActiveRows(len.values, s, len.sorted);
-    weight.Multiply(h.data(), rows, hh.data(), false);
-#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
-    for (int64_t b = 0; b < rows; ++b) {
-      if (s >= len.values[b]) continue;
-      const int64_t frame = b * T + TimeIndex(len.values[b], s, reverse);
-      float* state = h.data() + b * H;
-      std::memcpy(hp + frame * H, state, sizeof(float) * H);
-      GruRowForward(gx + frame * G, bias_x, hh.data() + b * G, bias, gs + frame * G, hc + frame * H, state, H);
-      std::memcpy(o + frame * H, state, sizeof(float) * H);
-    }
-  }
+  ForwardFrames(len, T, H, weight, reverse, h, hh, h_prev_all.data<float>(), out.data<float>(),
+                [&](int64_t b, int64_t frame) {
+                  GruRowForward(gx + frame * G, bias_x, hh.data() + b * G, bias, gs + frame * G, hc + frame * H,
+                                h.data() + b * H, H);
+                });
   return {out, gates, hidden_c, h_prev_all};
 }
 
@@ -291,35 +333,17 @@ std::vector<paddle::Tensor> GruBackward(const paddle::Tensor& w_hh, const paddle
   auto d_hh_all = PaddedWithZeros(len, T, G);  // gradient of h W_hh^T + b_hh, frame by frame
   const PackedWeight weight(w_hh.data<float>(), kNoTrans, B, H, G, H);  // d_hh W_hh
   BiasSums sums(RowThreads(B), G);
-  std::vector<float> dh(B * H, 0.0f), dh_prev(B * H, 0.0f), d_hh_step(B * G, 0.0f);
   const float* gs = gates.data<float>();
   const float* hc = hidden_c.data<float>();
   const float* hp = h_prev_all.data<float>();
   const float* dout = d_out.data<float>();
-  float* dgx = grads.gates_x.data<float>();
-  float* dhh_all = d_hh_all.data<float>();
-  for (int64_t s = len.max_len - 1; s >= 0; --s) {
-    const int64_t rows = ActiveRows(len.values, s, len.sorted);
-#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
-    for (int64_t b = 0; b < rows; ++b) {
-      float* dstep = d_hh_step.data() + b * G;
-      float* direct = dh_prev.data() + b * H;
-      if (s >= len.values[b]) {  // ended: nothing flows back through this row yet
-        std::fill(dstep, dstep + G, 0.0f);
-        std::fill(direct, direct + H, 0.0f);
-        continue;
-      }
-      const int64_t frame = b * T + TimeIndex(len.values[b], s, reverse);
-      GruRowBackward(gs + frame * G, hc + frame * H, hp + frame * H, dh.data() + b * H, dout + frame * H,
-                     dgx + frame * G, dstep, direct, H);
-      std::memcpy(dhh_all + frame * G, dstep, sizeof(float) * G);
-      Accumulate(sums.ForX(omp_get_thread_num()), dgx + frame * G, G);
-      Accumulate(sums.ForH(omp_get_thread_num()), dstep, G);
-    }
-    weight.Multiply(d_hh_step.data(), rows, dh_prev.data(), true);  // dh_prev = direct + d_hh W_hh
-    std::copy(dh_prev.begin(), dh_prev.begin() + rows * H, dh.begin());
-  }
-  return FinishGrads(grads, sums, dhh_all, hp, B * T, G, H);
+  BackwardFrames(len, T, H, G, weight, reverse, grads.gates_x.data<float>(), d_hh_all.data<float>(), sums,
+                 [&](int64_t b, int64_t frame, int64_t t, int64_t s, const float* dh, float* dx, float* dstep,
+                     float* direct) {
+                   GruRowBackward(gs + frame * G, hc + frame * H, hp + frame * H, dh, dout + frame * H, dx, dstep,
+                                  direct, H);
+                 });
+  return FinishGrads(grads, sums, d_hh_all.data<float>(), hp, B * T, G, H);
 }
 
 // ------------------------------------------------------------------------------------ LSTM
@@ -379,25 +403,15 @@ std::vector<paddle::Tensor> LstmForward(const paddle::Tensor& gates_x, const pad
   const float* gx = gates_x.data<float>();
   const float* bias_x = b_ih.data<float>();
   const float* bias = b_hh.data<float>();
-  float* o = out.data<float>();
   float* gs = gates.data<float>();
   float* cs = cells.data<float>();
-  float* hp = h_prev_all.data<float>();
-  for (int64_t s = 0; s < len.max_len; ++s) {
-    const int64_t rows = ActiveRows(len.values, s, len.sorted);
-    weight.Multiply(h.data(), rows, hh.data(), false);
-#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
-    for (int64_t b = 0; b < rows; ++b) {
-      if (s >= len.values[b]) continue;
-      const int64_t frame = b * T + TimeIndex(len.values[b], s, reverse);
-      float* state = h.data() + b * H;
-      float* c_row = cell.data() + b * H;
-      std::memcpy(hp + frame * H, state, sizeof(float) * H);
-      LstmRowForward(gx + frame * G, bias_x, hh.data() + b * G, bias, gs + frame * G, c_row, state, H);
-      std::memcpy(cs + frame * H, c_row, sizeof(float) * H);
-      std::memcpy(o + frame * H, state, sizeof(float) * H);
-    }
-  }
+  ForwardFrames(len, T, H, weight, reverse, h, hh, h_prev_all.data<float>(), out.data<float>(),
+                [&](int64_t b, int64_t frame) {
+                  float* c_row = cell.data() + b * H;
+                  LstmRowForward(gx + frame * G, bias_x, hh.data() + b * G, bias, gs + frame * G, c_row,
+                                 h.data() + b * H, H);
+                  std::memcpy(cs + frame * H, c_row, sizeof(float) * H);
+                });
   return {out, gates, cells, h_prev_all};
 }
 
@@ -412,36 +426,21 @@ std::vector<paddle::Tensor> LstmBackward(const paddle::Tensor& w_hh, const paddl
   auto d_hh_all = PaddedWithZeros(len, T, G);  // gradient of h W_hh^T + b_hh, frame by frame
   const PackedWeight weight(w_hh.data<float>(), kNoTrans, B, H, G, H);
   BiasSums sums(RowThreads(B), G);
-  std::vector<float> dh(B * H, 0.0f), dc(B * H, 0.0f), d_hh_step(B * G, 0.0f);
+  std::vector<float> dc(B * H, 0.0f);  // the cell gradient carried back, row by row
   const float* gs = gates.data<float>();
   const float* cs = cells.data<float>();
-  const float* hp = h_prev_all.data<float>();
   const float* dout = d_out.data<float>();
-  float* dgx = grads.gates_x.data<float>();
-  float* dhh_all = d_hh_all.data<float>();
-  for (int64_t s = len.max_len - 1; s >= 0; --s) {
-    const int64_t rows = ActiveRows(len.values, s, len.sorted);
-#pragma omp parallel for schedule(static) num_threads(RowThreads(rows))
-    for (int64_t b = 0; b < rows; ++b) {
-      float* dstep = d_hh_step.data() + b * G;
-      if (s >= len.values[b]) {  // ended: nothing flows back through this row yet
-        std::fill(dstep, dstep + G, 0.0f);
-        continue;
-      }
-      const int64_t t = TimeIndex(len.values[b], s, reverse), frame = b * T + t;
-      const int64_t before = reverse ? t + 1 : t - 1;  // the frame run just before this one
-      const float* c_prev = s == 0 ? nullptr : cs + (b * T + before) * H;
-      LstmRowBackward(gs + frame * G, cs + frame * H, c_prev, dh.data() + b * H, dout + frame * H,
-                      dc.data() + b * H, dgx + frame * G, H);
-      std::memcpy(dstep, dgx + frame * G, sizeof(float) * G);  // d(h W_hh^T) = d(x W_ih^T) for an LSTM
-      std::memcpy(dhh_all + frame * G, dstep, sizeof(float) * G);
-      Accumulate(sums.ForX(omp_get_thread_num()), dstep, G);
-      Accumulate(sums.ForH(omp_get_thread_num()), dstep, G);
-    }
-    // h reaches the previous frame only through W_hh: dh_prev = d_hh W_hh
-    weight.Multiply(d_hh_step.data(), rows, dh.data(), false);
-  }
-  return FinishGrads(grads, sums, dhh_all, hp, B * T, G, H);
+  BackwardFrames(len, T, H, G, weight, reverse, grads.gates_x.data<float>(), d_hh_all.data<float>(), sums,
+                 [&](int64_t b, int64_t frame, int64_t t, int64_t s, const float* dh, float* dx, float* dstep,
+                     float* direct) {
+                   const int64_t before = reverse ? t + 1 : t - 1;  // the frame run just before this one
+                   const float* c_prev = s == 0 ? nullptr : cs + (b * T + before) * H;
+                   LstmRowBackward(gs + frame * G, cs + frame * H, c_prev, dh, dout + frame * H, dc.data() + b * H,
+                                   dx, H);
+                   std::memcpy(dstep, dx, sizeof(float) * G);  // d(h W_hh^T) = d(x W_ih^T) for an LSTM
+                   std::fill(direct, direct + H, 0.0f);  // h reaches the previous frame only through W_hh
+                 });
+  return FinishGrads(grads, sums, d_hh_all.data<float>(), h_prev_all.data<float>(), B * T, G, H);
 }
 
 std::vector<std::vector<int64_t>> ForwardShapes(const std::vector<int64_t>& gates_x, const std::vector<int64_t>& b_ih,
