@@ -70,11 +70,11 @@ def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.nd
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """samples [N] -> [N * to_rate / from_rate] with soxr's high-quality resampler."""
+def resample(samples: np.ndarray, from_rate: int, to_rate: int, quality: str = "HQ") -> np.ndarray:
+    """samples [N] -> [N * to_rate / from_rate] with soxr's resampler (high quality unless told)."""
     if from_rate == to_rate:
         return samples
-    return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32)
+    return soxr.resample(samples, from_rate, to_rate, quality=quality).astype(np.float32, copy=False)
 
 
 def save_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> None:

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import soxr
 
 from utils.audio import AudioError, load_audio, resample
+
+
+def _fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """samples cut or padded with silence to `length` (a resampler's output is off by a sample or so)."""
+    return samples[:length] if len(samples) >= length else np.pad(samples, (0, length - len(samples)))
 
 
 def speed_perturb(samples: np.ndarray, rng: np.random.Generator, min_rate: float = 0.9,
@@ -26,8 +30,7 @@ def speed_perturb(samples: np.ndarray, rng: np.random.Generator, min_rate: float
     linear interpolation (np.interp) it replaced, and without its aliasing when speeding up."""
     rate = rng.uniform(min_rate, max_rate)
     new_len = max(1, int(round(len(samples) / rate)))
-    out = soxr.resample(samples, len(samples), new_len, quality="QQ").astype(np.float32, copy=False)
-    return out[:new_len] if len(out) >= new_len else np.pad(out, (0, new_len - len(out)))
+    return _fit_length(resample(samples, len(samples), new_len, quality="QQ"), new_len)
 
 
 def volume_perturb(samples: np.ndarray, rng: np.random.Generator, min_gain_db: float = -10.0,
@@ -71,9 +74,7 @@ def resample_perturb(samples: np.ndarray, rng: np.random.Generator, rates: tuple
                      sample_rate: int = 16000) -> np.ndarray:
     """Down to a random lower rate and back: the band limit of telephone or old recordings."""
     low = int(rates[rng.integers(len(rates))])
-    restored = resample(resample(samples, sample_rate, low), low, sample_rate)
-    return restored[:len(samples)] if len(restored) >= len(samples) else np.pad(
-        restored, (0, len(samples) - len(restored)))
+    return _fit_length(resample(resample(samples, sample_rate, low), low, sample_rate), len(samples))
 
 
 def spec_augment(feats: np.ndarray, rng: np.random.Generator, freq_masks: int = 2, max_freq_width: int = 10,

@@ -30,6 +30,7 @@ import paddle
 import paddle.nn as nn
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rnn.cc", "conv.cc", "norm.cc")]
+HEADERS = [Path(__file__).with_name("csrc") / "common.h"]  # in the build key, not compiled alone
 BUILD_ROOT = Path(__file__).resolve().parents[1] / "build" / "cpu_kernels"
 EXTENSION_NAME = "ds2_cpu_kernels"
 CHOICES = ("auto", "fused", "paddle")  # train.cpu_kernels
@@ -52,7 +53,7 @@ def _cpu_description() -> str:
 
 
 def build_directory() -> Path:
-    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES) + " ".join(COMPILE_FLAGS).encode()
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS) + " ".join(COMPILE_FLAGS).encode()
                          + paddle.__version__.encode() + _cpu_description().encode())
     return BUILD_ROOT / key.hexdigest()[:16]
 

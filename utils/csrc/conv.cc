@@ -14,16 +14,12 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
 #include "paddle/extension.h"
-
-extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
 namespace {
 
-constexpr int kRowMajor = 101;
-constexpr int kNoTrans = 111;
-constexpr int kTrans = 112;
+using namespace ds2;  // NOLINT: the CBLAS constants and ThreadSums of common.h
 
 struct ConvShape {
   int64_t batch, channels, height, width;   // input
@@ -164,11 +160,11 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x, const paddle::
   const int64_t image = s.channels * s.height * s.width, weights = s.out_channels * s.col_rows();
   if (!input_grad) std::memset(dxd, 0, sizeof(float) * d_x.numel());  // x needs none (the features)
   const int threads = Threads(s);
-  std::vector<float> d_w_parts(threads * weights, 0.0f);  // one dW per thread, summed below
+  ThreadSums d_w_parts(threads, weights);  // one dW per thread, summed below
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> col(s.col_rows() * s.col_cols());
-    float* d_w_part = d_w_parts.data() + omp_get_thread_num() * weights;
+    float* d_w_part = d_w_parts.Part(omp_get_thread_num());
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < s.batch; ++b) {
       const float* dy = dyd + b * s.out_channels * s.col_cols();
@@ -185,12 +181,7 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x, const paddle::
       }
     }
   }
-  float* dwd = d_w.data<float>();
-  std::copy(d_w_parts.begin(), d_w_parts.begin() + weights, dwd);
-  for (int t = 1; t < threads; ++t) {
-    const float* part = d_w_parts.data() + t * weights;
-    for (int64_t k = 0; k < weights; ++k) dwd[k] += part[k];
-  }
+  d_w_parts.Write(d_w.data<float>());
   return {d_x, d_w};
 }
 

@@ -13,9 +13,12 @@
 #include <cmath>
 #include <vector>
 
+#include "common.h"
 #include "paddle/extension.h"
 
 namespace {
+
+using ds2::ThreadSums;
 
 struct Rows {
   int64_t count, width;
@@ -82,11 +85,11 @@ std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x, const paddle::
   const float* dyd = d_y.data<float>();
   float* dxd = d_x.data<float>();
   const int threads = Threads(count);
-  std::vector<float> parts(2 * threads * width, 0.0f);  // per thread: d_gamma, d_beta
+  ThreadSums gamma_sums(threads, width), beta_sums(threads, width);
 #pragma omp parallel num_threads(threads)
   {
-    float* part_gamma = parts.data() + 2 * omp_get_thread_num() * width;
-    float* part_beta = part_gamma + width;
+    float* part_gamma = gamma_sums.Part(omp_get_thread_num());
+    float* part_beta = beta_sums.Part(omp_get_thread_num());
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < count; ++n) {
       const float* row = xd + n * width;
@@ -110,17 +113,8 @@ std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x, const paddle::
       }
     }
   }
-  float* dg = d_gamma.data<float>();
-  float* db = d_beta.data<float>();
-  std::fill(dg, dg + width, 0.0f);
-  std::fill(db, db + width, 0.0f);
-  for (int t = 0; t < threads; ++t) {
-    const float* part = parts.data() + 2 * t * width;
-    for (int64_t j = 0; j < width; ++j) {
-      dg[j] += part[j];
-      db[j] += part[width + j];
-    }
-  }
+  gamma_sums.Write(d_gamma.data<float>());
+  beta_sums.Write(d_beta.data<float>());
   return {d_x, d_gamma, d_beta};
 }
 

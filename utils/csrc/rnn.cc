@@ -20,26 +20,12 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
 #include "paddle/extension.h"
-
-// MKL's CBLAS (Paddle ships libmklml_intel.so); declared here since Paddle ships no MKL headers
-extern "C" {
-void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a, int lda,
-                 const float* b, int ldb, float beta, float* c, int ldc);
-size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
-void cblas_sgemm_pack(int order, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
-                      int ld, float* dest);
-void cblas_sgemm_compute(int order, int trans_a, int trans_b, int m, int n, int k, const float* a, int lda,
-                         const float* b, int ldb, float beta, float* c, int ldc);
-}
 
 namespace {
 
-constexpr int kRowMajor = 101;
-constexpr int kNoTrans = 111;
-constexpr int kTrans = 112;
-constexpr int kPacked = 151;
-constexpr int kMatrixB = 162;
+using namespace ds2;  // NOLINT: the CBLAS constants and ThreadSums of common.h
 
 // W_hh packed once for the frame-by-frame products C = A [rows, k] x op(W) [k, n], rows <= max_rows.
 // On 2 cores [16, 320] x [320, 960] runs at about 255 GFLOP/s packed against 150 through plain
@@ -49,7 +35,7 @@ class PackedWeight {
   PackedWeight(const float* weight, int trans, int max_rows, int n, int k, int ld) : n_(n), k_(k) {
     const size_t bytes = cblas_sgemm_pack_get_size(kMatrixB, max_rows, n, k);
     buffer_ = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    PD_CHECK(buffer_ != nullptr, "fused_rnn: out of memory packing W_hh");
+    PD_CHECK(buffer_ != nullptr, "cpu_kernels.recurrent: out of memory packing W_hh");
     cblas_sgemm_pack(kRowMajor, kMatrixB, trans, max_rows, n, k, 1.0f, weight, ld, buffer_);
   }
   ~PackedWeight() { std::free(buffer_); }
@@ -87,11 +73,11 @@ struct Dims {
 Dims CheckInputs(const paddle::Tensor& gates_x, const paddle::Tensor& b_ih, const paddle::Tensor& w_hh,
                  const paddle::Tensor& b_hh, const paddle::Tensor& lens, int gates) {
   PD_CHECK(gates_x.is_cpu() && b_ih.is_cpu() && w_hh.is_cpu() && b_hh.is_cpu() && lens.is_cpu(),
-           "fused_rnn runs on the CPU only; on a GPU Paddle's nn.GRU/nn.LSTM run instead");
+           "cpu_kernels.recurrent runs on the CPU only; on a GPU Paddle's nn.GRU/nn.LSTM run instead");
   PD_CHECK(gates_x.dtype() == paddle::DataType::FLOAT32 && b_ih.dtype() == paddle::DataType::FLOAT32 &&
                w_hh.dtype() == paddle::DataType::FLOAT32 && b_hh.dtype() == paddle::DataType::FLOAT32,
-           "fused_rnn takes float32 gates and weights");
-  PD_CHECK(lens.dtype() == paddle::DataType::INT32, "fused_rnn takes int32 lengths");
+           "cpu_kernels.recurrent takes float32 gates and weights");
+  PD_CHECK(lens.dtype() == paddle::DataType::INT32, "cpu_kernels.recurrent takes int32 lengths");
   auto shape = gates_x.shape();
   PD_CHECK(shape.size() == 3, "gates_x must be [B, T, G*H]");
   auto w_shape = w_hh.shape();
@@ -157,24 +143,9 @@ int RowThreads(int64_t rows) {
 }
 
 // Bias gradients summed per thread in the frame loop, added up at the end.
-class BiasSums {
- public:
-  BiasSums(int threads, int64_t width) : width_(width), parts_(2 * threads * width, 0.0f) {}
-  float* ForX(int thread) { return parts_.data() + 2 * thread * width_; }
-  float* ForH(int thread) { return parts_.data() + (2 * thread + 1) * width_; }
-  void Write(float* d_b_ih, float* d_b_hh) const {
-    std::fill(d_b_ih, d_b_ih + width_, 0.0f);
-    std::fill(d_b_hh, d_b_hh + width_, 0.0f);
-    for (size_t part = 0; part < parts_.size() / width_; ++part) {
-      float* target = part % 2 == 0 ? d_b_ih : d_b_hh;
-      const float* values = parts_.data() + part * width_;
-      for (int64_t j = 0; j < width_; ++j) target[j] += values[j];
-    }
-  }
-
- private:
-  int64_t width_;
-  std::vector<float> parts_;
+struct BiasSums {
+  BiasSums(int threads, int64_t width) : x(threads, width), h(threads, width) {}
+  ThreadSums x, h;  // d(x W_ih^T) -> db_ih, d(h W_hh^T) -> db_hh
 };
 
 inline void Accumulate(float* __restrict sums, const float* __restrict values, int64_t width) {
@@ -198,7 +169,8 @@ std::vector<paddle::Tensor> FinishGrads(Grads& grads, const BiasSums& sums, cons
                                         int64_t frames, int64_t gate_width, int64_t hidden) {
   cblas_sgemm(kRowMajor, kTrans, kNoTrans, gate_width, hidden, frames, 1.0f, d_hh, gate_width, h_prev, hidden,
               0.0f, grads.weight_hh.data<float>(), hidden);
-  sums.Write(grads.bias_ih.data<float>(), grads.bias_hh.data<float>());
+  sums.x.Write(grads.bias_ih.data<float>());
+  sums.h.Write(grads.bias_hh.data<float>());
   return {grads.gates_x, grads.bias_ih, grads.weight_hh, grads.bias_hh};
 }
 
@@ -246,8 +218,8 @@ void BackwardFrames(const Lengths& len, int64_t steps, int64_t hidden, int64_t g
       float* dx = d_gates_x + frame * gate_width;
       row(b, frame, t, s, dh.data() + b * hidden, dx, dstep, direct);
       std::memcpy(d_hh_all + frame * gate_width, dstep, sizeof(float) * gate_width);
-      Accumulate(sums.ForX(omp_get_thread_num()), dx, gate_width);
-      Accumulate(sums.ForH(omp_get_thread_num()), dstep, gate_width);
+      Accumulate(sums.x.Part(omp_get_thread_num()), dx, gate_width);
+      Accumulate(sums.h.Part(omp_get_thread_num()), dstep, gate_width);
     }
     weight.Multiply(d_hh_step.data(), rows, dh_prev.data(), true);  // dh_prev = direct + d_hh W_hh
     std::copy(dh_prev.begin(), dh_prev.begin() + rows * hidden, dh.begin());
