@@ -98,7 +98,7 @@ def test_bench_train_keys(report):
     workers = demo["num_workers"]  # conf/demo.yml's; the other counts are levers
     assert set(demo["levers"]) == {f"num_workers_{w}" for w in (0, 1, 2) if w != workers} | {
         f"augmentation_off_num_workers_{workers}", f"numpy_blas_1_thread_num_workers_{workers}",
-        f"samples_cached_num_workers_{workers}"} | (
+        f"samples_cached_num_workers_{workers}", f"numpy_features_num_workers_{workers}"} | (
         {f"worker_not_niced_num_workers_{workers}", f"loader_restarted_each_pass_num_workers_{workers}"}
         if workers > 0 else set())
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])

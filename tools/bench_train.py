@@ -421,8 +421,8 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
 
 
 def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
-    """num_workers 0, 1 and 2 but the config's (the main figure), numpy's BLAS on 1 thread (forked
-    workers inherit it), augmentation off, each a (loader, bare) pair on the same batches, and the
+    """num_workers 0, 1 and 2 but the config's (the main figure), numpy's feature path instead of our
+    C++ front end, numpy's BLAS on 1 thread (forked workers inherit it), augmentation off, each a (loader, bare) pair on the same batches, and the
     loader with every sample computed beforehand (its own cost without the features)."""
     from utils.data import SpeechDataset, make_loader
 
@@ -438,6 +438,15 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
                                                                          cfg.data.num_workers))):
             figures = pairs_figures([pair(run, loader, bare_batches, name.replace("_", " "))], flops, roof)
             levers[f"{name}_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
+    from utils import feature_kernels
+
+    if feature_kernels.load() is not None:  # the same batches through numpy's feature path
+        feature_kernels.disable()  # forked loader workers inherit it
+        try:
+            figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy features")], flops, roof)
+        finally:
+            feature_kernels.disable(False)
+        levers[f"numpy_features_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     with blas_threads(1) as blas:  # forked loader workers inherit the limit
         figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread")], flops, roof)
         levers[f"numpy_blas_1_thread_num_workers_{cfg.data.num_workers}"] = dict(_lever_summary(figures),

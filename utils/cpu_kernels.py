@@ -18,10 +18,7 @@ build/cpu_kernels/<key>/, <key> covering the sources, the flags, the Paddle vers
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import io
-import platform
 import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -29,9 +26,11 @@ from pathlib import Path
 import paddle
 import paddle.nn as nn
 
+from utils import native_build
+
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rnn.cc", "conv.cc", "norm.cc")]
 HEADERS = [Path(__file__).with_name("csrc") / "common.h"]  # in the build key, not compiled alone
-BUILD_ROOT = Path(__file__).resolve().parents[1] / "build" / "cpu_kernels"
+BUILD_ROOT = native_build.BUILD_ROOT / "cpu_kernels"
 EXTENSION_NAME = "ds2_cpu_kernels"
 CHOICES = ("auto", "fused", "paddle")  # train.cpu_kernels
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -44,18 +43,8 @@ class KernelsUnavailable(RuntimeError):
     pass
 
 
-def _cpu_description() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return "".join(line for line in handle if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        return platform.processor()
-
-
 def build_directory() -> Path:
-    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS) + " ".join(COMPILE_FLAGS).encode()
-                         + paddle.__version__.encode() + _cpu_description().encode())
-    return BUILD_ROOT / key.hexdigest()[:16]
+    return native_build.keyed_folder(BUILD_ROOT, SOURCES + HEADERS, COMPILE_FLAGS, paddle.__version__)
 
 
 def load_ops():
@@ -71,11 +60,8 @@ def load_ops():
     from paddle.utils.cpp_extension import load
 
     folder = build_directory()
-    folder.mkdir(parents=True, exist_ok=True)
     libs = Path(paddle.__file__).parent / "libs"  # Paddle's MKL (cblas_sgemm) and Intel OpenMP
-    # one build at a time: training processes on one machine (or test workers) share the folder
-    with open(folder / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with native_build.build_lock(folder):
         chatter = io.StringIO()  # Paddle's builder prints its setup.py run
         try:
             with redirect_stdout(chatter):
@@ -92,9 +78,7 @@ def load_ops():
                             f"({type(error).__name__}: {error}){': ' + output if output else ''}; "
                             f"set train.cpu_kernels=paddle to train without them")
             raise KernelsUnavailable(_build_error) from error
-    for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or another Paddle
-        if stale != folder and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    native_build.prune_stale(BUILD_ROOT, folder)  # builds of earlier sources or another Paddle
     return _ops
 
 

@@ -1,7 +1,7 @@
 """Training data: a manifest-backed dataset, a SortaGrad bucketing batch sampler, padding collate.
 
-Features are computed with numpy inside DataLoader workers (no Paddle ops there: forked
-workers that touch Paddle's OpenMP pool can deadlock). A sample is addressed by the key
+Features are computed inside DataLoader workers by numpy or our C++ front end (no Paddle ops
+there: forked workers that touch Paddle's OpenMP pool can deadlock). A sample is addressed by the key
 `epoch * num_utterances + index`, so its augmentation is seeded by (seed, epoch, index)
 and does not depend on which worker computes it: a resumed run sees identical batches.
 """
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import paddle
 
+from utils import feature_kernels
 from utils.augment import Augmentation
 from utils.audio import load_audio
 from utils.features import compute_features
@@ -44,6 +45,7 @@ class SpeechDataset(paddle.io.Dataset):
         self.feature_method, self.sample_rate, self.n_mels = feature_method, sample_rate, n_mels
         self.augmentation = augmentation or Augmentation()
         self.seed = seed
+        feature_kernels.load()  # built and loaded here, before DataLoader workers fork from this process
 
     def __len__(self) -> int:
         return len(self.utterances)

@@ -29,6 +29,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from utils import feature_kernels
 from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, InputError, Skip, SkipLog,
                                find_inputs, read_inputs)
 from utils.audio import AudioError, audio_info, load_audio, save_wav
@@ -318,7 +319,7 @@ def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
 
 
 def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[FeatureStats, list[tuple[int, str]]]:
-    """Feature sums over a few files (numpy only); failures come back as (index, reason)."""
+    """Feature sums over a few files (no Paddle); failures come back as (index, reason)."""
     items, method, rate, n_mels = job
     stats = FeatureStats(feature_dim(method, rate, n_mels))
     failures = []
@@ -345,6 +346,7 @@ def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
     tasks = (([(int(row), kept.path(int(row))) for row in sample[i:i + STATS_CHUNK]], feats.feature_method,
               feats.sample_rate, feats.n_mels) for i in starts)
     total = FeatureStats(feature_dim(feats.feature_method, feats.sample_rate, feats.n_mels))
+    feature_kernels.load()  # built once here, not by each worker
     for stats, failures in _pmap(workers, _stats_chunk, tasks, "mean/std", chunksize=1,
                                  weights=[min(STATS_CHUNK, len(sample) - i) for i in starts]):
         total.merge(stats)

@@ -1,4 +1,5 @@
-"""Acoustic features as pure numpy functions (no Paddle, so loader workers never touch OpenMP).
+"""Acoustic features (no Paddle, so loader workers never touch OpenMP): our C++ front end
+(utils/feature_kernels.py) where it builds, these numpy functions otherwise; the same values.
 
 linear: log power spectrogram, 20 ms Hann window, 10 ms stride, 320-point FFT -> 161 bins
         (the DeepSpeech2 feature).
@@ -11,6 +12,8 @@ import functools
 
 import numpy as np
 import scipy.fft
+
+from utils import feature_kernels
 
 STRIDE_MS = 10
 LINEAR_WINDOW_MS = 20
@@ -105,12 +108,15 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear",
     _check_method(feature_method)
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     window, stride = window_and_stride(feature_method, sample_rate)
+    n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
+    mel = None if feature_method == "linear" else _mel_matrix(sample_rate, FBANK_FFT_SIZE, n_mels)
+    feats = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), mel, LOG_FLOOR)
+    if feats is not None:
+        return feats
     if feature_method == "linear":
-        power = power_spectrum(samples, window, stride, n_fft=window)  # [T, 161]
-        return np.log(power + LOG_FLOOR)
-    power = power_spectrum(samples, window, stride, n_fft=FBANK_FFT_SIZE)  # [T, 257]
-    mel = power @ _mel_matrix(sample_rate, FBANK_FFT_SIZE, n_mels).T  # [T, n_mels]
-    return np.log(mel + LOG_FLOOR)
+        return np.log(power_spectrum(samples, window, stride, n_fft) + LOG_FLOOR)  # [T, 161]
+    power = power_spectrum(samples, window, stride, n_fft)  # [T, 257]
+    return np.log(power @ mel.T + LOG_FLOOR)  # [T, n_mels]
 
 
 class FeatureStats:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from utils import cpu_kernels
+from utils import cpu_kernels, feature_kernels
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
@@ -172,6 +172,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
     log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
     log.info(kernel_note)
+    log.info(feature_kernels.status())
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 batches=None,  # started at the first epoch: one loader iterator for the whole run

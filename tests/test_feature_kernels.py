@@ -1,0 +1,142 @@
+"""Our C++ feature front end (utils/feature_kernels.py) against the numpy path it replaces, its cubic
+resampler against a plain reference, and the fallback to numpy when it cannot be built."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tone
+from utils import feature_kernels
+from utils.features import LOG_FLOOR, _hann, _mel_matrix, compute_features, power_spectrum
+
+pytestmark = pytest.mark.skipif(feature_kernels.load() is None, reason=feature_kernels.status())
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise under two tones with a slow envelope: energy in every bin, loud and quiet frames."""
+    rng = np.random.default_rng(seed)
+    count = int(16000 * seconds)
+    envelope = 0.55 + 0.45 * np.sin(np.linspace(0, 6 * np.pi, count))
+    mix = tone(seconds, freq=440.0, amplitude=0.3) + tone(seconds, freq=2100.0, amplitude=0.1) + 0.02 * rng.standard_normal(count)
+    return (envelope * mix).astype(np.float32)
+
+
+def numpy_fbank(samples: np.ndarray, n_mels: int = 80, sample_rate: int = 16000) -> np.ndarray:
+    window, stride = sample_rate * 25 // 1000, sample_rate * 10 // 1000
+    power = power_spectrum(samples, window, stride, 512)
+    return np.log(power @ _mel_matrix(sample_rate, 512, n_mels).T + LOG_FLOOR)
+
+
+@pytest.mark.parametrize("count", [400, 401, 559, 560, 1000, 16000 + 13, 48000])
+def test_fbank_equals_numpy_path(count):
+    samples = speech_like(3.0)[:count]
+    ours = compute_features(samples, "fbank")  # the library: n_fft 512
+    reference = numpy_fbank(samples)
+    assert ours.shape == reference.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("sample_rate, n_mels", [(8000, 40), (16000, 40), (16000, 128)])
+def test_fbank_equals_numpy_path_at_other_rates_and_bands(sample_rate, n_mels):
+    samples = speech_like(1.0, seed=3)[:sample_rate]
+    ours = compute_features(samples, "fbank", sample_rate, n_mels)
+    np.testing.assert_allclose(ours, numpy_fbank(samples, n_mels, sample_rate), rtol=0, atol=2e-4)
+
+
+def test_log_power_without_mel_equals_numpy():
+    samples = speech_like(1.0, seed=1)
+    window, stride, n_fft = 256, 128, 256  # a power of two: the library's linear path
+    ours = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), None, LOG_FLOOR)
+    reference = np.log(power_spectrum(samples, window, stride, n_fft) + LOG_FLOOR)
+    assert ours.shape == reference.shape == (124, 129)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-3)
+
+
+def test_fft_sizes_that_are_not_powers_of_two_go_to_numpy():
+    samples = speech_like(0.5)
+    assert feature_kernels.log_power_features(samples, 320, 160, 320, _hann(320), None, LOG_FLOOR) is None
+    linear = compute_features(samples, "linear")  # n_fft 320: numpy computes it
+    np.testing.assert_array_equal(linear, np.log(power_spectrum(samples, 320, 160, 320) + LOG_FLOOR))
+
+
+def test_shorter_than_a_window_gives_no_frames():
+    assert compute_features(np.zeros(399, np.float32), "fbank").shape == (0, 80)
+    assert feature_kernels.log_power_features(np.zeros(0, np.float32), 400, 160, 512, _hann(400),
+                                              _mel_matrix(16000, 512, 80), LOG_FLOOR).shape == (0, 80)
+
+
+def test_silence_gives_the_log_floor():
+    feats = compute_features(np.zeros(1600, np.float32), "fbank")
+    np.testing.assert_allclose(feats, np.log(LOG_FLOOR), rtol=1e-6)
+
+
+def cubic_reference(samples: np.ndarray, length: int) -> np.ndarray:
+    """Catmull-Rom through the four samples around i * N / length, ends repeated (float64)."""
+    last, out = len(samples) - 1, np.empty(length)
+    for i in range(length):
+        position = i * len(samples) / length
+        j = min(int(position), last)
+        t = position - j
+        p0, p1 = samples[max(j - 1, 0)], samples[j]
+        p2, p3 = samples[min(j + 1, last)], samples[min(j + 2, last)]
+        out[i] = p1 + 0.5 * t * (p2 - p0 + t * (2 * p0 - 5 * p1 + 4 * p2 - p3 + t * (3 * (p1 - p2) + p3 - p0)))
+    return out
+
+
+@pytest.mark.parametrize("count, length", [(1, 3), (2, 5), (5, 7), (5, 3), (1000, 1111), (1000, 909)])
+def test_cubic_resample_equals_the_reference(count, length):
+    samples = np.random.default_rng(count).uniform(-1, 1, count).astype(np.float32)
+    out = feature_kernels.cubic_resample(samples, length)
+    assert out.shape == (length,) and out.dtype == np.float32
+    np.testing.assert_allclose(out, cubic_reference(samples, length), rtol=0, atol=2e-6)
+
+
+def test_cubic_resample_to_the_same_length_returns_the_samples():
+    samples = speech_like(0.1)
+    np.testing.assert_array_equal(feature_kernels.cubic_resample(samples, len(samples)), samples)
+
+
+def test_cubic_resample_keeps_a_tone_at_the_new_rate():
+    out = feature_kernels.cubic_resample(tone(1.0, freq=100.0), 32000)  # half speed: 100 Hz becomes 50 Hz
+    spectrum = np.abs(np.fft.rfft(out))
+    assert int(np.argmax(spectrum)) == 100  # bin 100 of a 2 s window at 16 kHz: 50 Hz
+
+
+@pytest.fixture
+def fresh_library_state(monkeypatch):
+    """Lets a test make the library unavailable; the loaded library comes back afterwards."""
+    for name in ("_library", "_unavailable", "_disabled"):
+        monkeypatch.setattr(feature_kernels, name, getattr(feature_kernels, name))
+    monkeypatch.setattr(feature_kernels, "_library", None)
+    monkeypatch.setattr(feature_kernels, "_unavailable", None)
+
+
+def test_without_gpp_numpy_computes_the_same_features(fresh_library_state, monkeypatch):
+    samples = speech_like(1.0)
+    monkeypatch.setattr(feature_kernels, "BUILD_ROOT", feature_kernels.BUILD_ROOT / "never_built")
+    monkeypatch.setattr(feature_kernels.shutil, "which", lambda name: None)
+    assert feature_kernels.load() is None
+    assert "numpy (the C++ feature front end needs g++ (apt-get install g++))" in feature_kernels.status()
+    assert feature_kernels.cubic_resample(samples, 10) is None
+    np.testing.assert_array_equal(compute_features(samples, "fbank"), numpy_fbank(samples))
+
+
+def test_a_failed_build_names_the_source_and_numpy_takes_over(fresh_library_state, monkeypatch, tmp_path):
+    broken = tmp_path / "features.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(feature_kernels, "SOURCE", broken)
+    monkeypatch.setattr(feature_kernels, "BUILD_ROOT", tmp_path / "build")
+    assert feature_kernels.load() is None
+    note = feature_kernels.status()
+    assert f"building {broken}" in note and "failed" in note and "features: numpy" in note
+    assert not list((tmp_path / "build").glob("*/*.so*"))  # no half library left behind
+    assert compute_features(speech_like(0.5), "fbank").shape == (48, 80)
+
+
+def test_disable_switches_to_numpy_and_back(fresh_library_state):
+    samples = speech_like(0.5)
+    feature_kernels.disable()
+    assert feature_kernels.status() == "features: numpy (feature_kernels.disable())"
+    np.testing.assert_array_equal(compute_features(samples, "fbank"), numpy_fbank(samples))
+    feature_kernels.disable(False)
+    assert feature_kernels.status().startswith("features: our C++ front end")

@@ -1,0 +1,137 @@
+"""The feature front end in C++ (csrc/features.cc), called through ctypes.
+
+One pass over an utterance's samples frames them, applies the Hann window, runs the real FFT (eight
+frames at a time in SIMD lanes), and takes the power, the mel filterbank and the log. numpy's path
+(utils/features.py) makes a copy per step instead. A 2-4 s clip's fbank costs 0.18 ms against
+0.7 ms; tests/test_features.py pins the two paths together. The speed perturbation's cubic resampler
+costs 0.07 ms a 2.5 s clip against 0.25 for soxr's quick one, which spends its time on set-up.
+
+In a training step's DataLoader worker this CPU is taken from the step's own threads on a machine
+they fill (README, "Benchmarks": pipeline ratio). The library links nothing but libc and libm and
+never touches Paddle or OpenMP, so forked workers may call it.
+
+g++ builds it on first use (about 1 s) into build/feature_kernels/<key>/. Without g++, or when the
+build fails, numpy computes the same values (float32 rounding apart): `status()` says which path runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from utils import native_build
+
+SOURCE = Path(__file__).with_name("csrc") / "features.cc"
+BUILD_ROOT = native_build.BUILD_ROOT / "feature_kernels"
+LIBRARY_NAME = "libds2_features.so"
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC"]
+BUILD_TIMEOUT_S = 300
+
+_library = None       # the loaded ctypes library
+_unavailable = None   # why it cannot be used, once tried
+_disabled = False     # disable(): numpy's path on purpose (benchmarks, tests)
+
+_FLOATS = np.ctypeslib.ndpointer(dtype=np.float32, flags="C_CONTIGUOUS")
+
+
+def disable(disabled: bool = True) -> None:
+    """Use numpy's path (True) or the library again (False) in this process and the workers it forks."""
+    global _disabled
+    _disabled = disabled
+
+
+def load() -> ctypes.CDLL | None:
+    """The library, built on first use; None when it is disabled or cannot be built (status() says why)."""
+    global _library, _unavailable
+    if _disabled:
+        return None
+    if _library is not None or _unavailable is not None:
+        return _library
+    try:
+        _library = _bind(ctypes.CDLL(str(_build())))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _unavailable = str(error)
+    return _library
+
+
+def status() -> str:
+    """A log line naming the feature path and why."""
+    if load() is not None:
+        return f"features: our C++ front end (built in {_library_path().parent})"
+    if _disabled:
+        return "features: numpy (feature_kernels.disable())"
+    return f"features: numpy ({_unavailable})"
+
+
+def _library_path() -> Path:
+    return native_build.keyed_folder(BUILD_ROOT, [SOURCE], COMPILE_FLAGS) / LIBRARY_NAME
+
+
+def _build() -> Path:
+    path = _library_path()
+    if path.is_file():
+        return path
+    if shutil.which("g++") is None:
+        raise RuntimeError("the C++ feature front end needs g++ (apt-get install g++)")
+    with native_build.build_lock(path.parent):
+        if not path.is_file():  # another process may have built it while this one waited
+            partial = path.with_name(f"{LIBRARY_NAME}.{os.getpid()}.tmp")
+            result = subprocess.run(["g++", *COMPILE_FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
+                                    text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            if result.returncode != 0:
+                partial.unlink(missing_ok=True)
+                raise RuntimeError(f"building {SOURCE} in {path.parent} failed: {result.stderr.strip()[-1500:]}")
+            partial.replace(path)  # whole or absent: a killed build leaves no half library
+    native_build.prune_stale(BUILD_ROOT, path.parent)
+    return path
+
+
+def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    library.ds2_log_power_features.restype = ctypes.c_int
+    library.ds2_log_power_features.argtypes = [
+        _FLOATS, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, _FLOATS,
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_float, _FLOATS]
+    library.ds2_cubic_resample.restype = None
+    library.ds2_cubic_resample.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int64]
+    return library
+
+
+def fft_size_supported(n_fft: int) -> bool:
+    return n_fft >= 4 and n_fft & (n_fft - 1) == 0
+
+
+def log_power_features(samples: np.ndarray, window: int, stride: int, n_fft: int, hann: np.ndarray,
+                       mel: np.ndarray | None, log_floor: float) -> np.ndarray | None:
+    """samples [N] float32 -> log(mel @ power + floor) [T, n_mels], or log(power + floor) [T, n_fft // 2 + 1]
+    without mel ([n_mels, n_fft // 2 + 1]); T = 1 + (N - window) // stride. None where the library is
+    not used (unavailable, disabled, or n_fft not a power of two): the caller computes with numpy."""
+    library = load()
+    if library is None or not fft_size_supported(n_fft):
+        return None
+    count = 0 if len(samples) < window else 1 + (len(samples) - window) // stride
+    dim = mel.shape[0] if mel is not None else n_fft // 2 + 1
+    out = np.empty((count, dim), dtype=np.float32)
+    if count:
+        mel_pointer = None if mel is None else np.ascontiguousarray(mel, dtype=np.float32)
+        status = library.ds2_log_power_features(samples, len(samples), window, stride, n_fft, hann,
+                                                None if mel_pointer is None else mel_pointer.ctypes.data,
+                                                dim if mel is not None else 0, log_floor, out)
+        if status != 0:
+            raise ValueError(f"feature front end: window {window}, stride {stride}, n_fft {n_fft} not supported")
+    return out
+
+
+def cubic_resample(samples: np.ndarray, new_length: int) -> np.ndarray | None:
+    """samples [N] float32 -> [new_length], Catmull-Rom cubic interpolation (soxr's "QQ" method);
+    None where the library is not used."""
+    library = load()
+    if library is None:
+        return None
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    out = np.empty(new_length, dtype=np.float32)
+    library.ds2_cubic_resample(samples, len(samples), out, new_length)
+    return out
