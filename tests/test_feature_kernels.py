@@ -17,7 +17,8 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     count = int(16000 * seconds)
     envelope = 0.55 + 0.45 * np.sin(np.linspace(0, 6 * np.pi, count))
-    mix = tone(seconds, freq=440.0, amplitude=0.3) + tone(seconds, freq=2100.0, amplitude=0.1) + 0.02 * rng.standard_normal(count)
+    mix = tone(seconds, freq=440.0, amplitude=0.3) + tone(seconds, freq=2100.0, amplitude=0.1)
+    mix = mix + 0.02 * rng.standard_normal(count)
     return (envelope * mix).astype(np.float32)
 
 

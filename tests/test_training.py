@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,11 @@ def test_a_niced_run_long_worker_yields_the_in_process_batches(spoken_corpus):
     from_worker = [next(worker) for _ in range(3 * len(sampler) - 2)]
     worker.close()
     sampler.set_epoch(1, 2)
+    placed = run_batches(dataset, sampler, 1, worker_cores=[max(os.sched_getaffinity(0))])  # idle priority
+    assert all(np.array_equal(np.asarray(ours), np.asarray(theirs))
+               for batch in from_worker[:4] for ours, theirs in zip(batch, next(placed)))
+    placed.close()
+    sampler.set_epoch(1, 2)
     in_process = run_batches(dataset, sampler, 0)
     per_epoch = []  # a loader iterated afresh each epoch, in this process
     for epoch, start_batch in ((1, 2), (2, 0), (3, 0)):
@@ -181,7 +187,11 @@ def test_one_utterance_overfits_to_cer_zero(ldc93s1, tmp_path):
     (the step varies with the thread count: float sums are ordered differently)."""
     cfg = tiny_config(ldc93s1, tmp_path, train__num_epoch=6, train__batch_size=1, train__learning_rate=5e-3,
                       train__warmup_steps=0, model__rnn_size=64, train__log_interval=1000)
+    cores = os.sched_getaffinity(0)
     training.train(cfg)
+    assert os.sched_getaffinity(0) == cores  # pinned threads (utils/placement.py) released at the end
+    log_text = (model_folder(cfg).parent / "train.log").read_text(encoding="utf-8")
+    assert "features: " in log_text and "threads: " in log_text
     state = load_state(model_folder(cfg, "best_model"))
     assert state.step <= 60 and state.best_metric == 0.0
     assert state.history[-1]["test_cer"] == 0.0

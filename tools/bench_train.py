@@ -53,6 +53,7 @@ figures across processes (threads) are only as steady as the load (reported).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import resource
@@ -282,6 +283,14 @@ def pair(run, loader, bare_batches, label: str, bare_first: bool = False) -> dic
     return {"loader": with_loader, "bare": bare}
 
 
+def lever_pair(run, loader, bare_batches, label: str) -> list[dict]:
+    """[one (loader, bare) pair] after an unmeasured pass of the loader: a fresh loader's first pass pays
+    its worker's start and the copy-on-write faults the fork leaves in this process (a pass 1.2-1.4x)."""
+    log(f"  {label}: an unmeasured pass first")
+    run_pass(run, loader)
+    return [pair(run, loader, bare_batches, label)]
+
+
 def pass_figures(passes: list[dict], flops: float, roof: float) -> dict:
     """Throughput, reader share and GFLOP/s of repeated passes over the same batches."""
     walls = [p["wall_s"] for p in passes]
@@ -385,6 +394,8 @@ def roof_now(spec: dict) -> dict:
 
 def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict | None, levers: bool) -> dict:
     """Demo or peer configuration: alternating loader/bare passes, levers, roof before and after."""
+    from utils import placement
+
     roof_before = roof_now(spec)
     cfg = worker_config(config_path, spec, name, model_overrides)
     run = setup_run(cfg)
@@ -394,8 +405,15 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     bare_batches = precompute(run.train_set, run.sampler)
     flops = train_flops(model_dict(cfg), feat_dim, vocab, [tuple(b[0].shape[:2]) for b in bare_batches])
     warm = warm_up(run, bare_batches)
-    pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
-             for i in range(spec["repeats"])]
+    placement.apply(run.placement)  # as train.py's loop does
+    try:
+        pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
+                 for i in range(spec["repeats"])]
+        kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
+        lever_figures = loader_levers(run, cfg, spec, bare_batches, flops, roof_before["roof_gflops"]) \
+            if levers else None
+    finally:
+        placement.release(run.placement)  # numpy's threads for the roof may start here: not pinned
     roof_after = roof_now(spec)
     roof = merge_roofs(roof_before, roof_after)
     log("  recurrent product rate")
@@ -410,9 +428,10 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
               "roof_ceiling": ceiling,
               **pairs_figures(pairs, flops, roof["roof_gflops"], spec.get("epoch_batches", 0))}
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
-    report["cpu_kernels"] = kernels_lever(run, bare_batches, flops, roof["roof_gflops"])
+    report["thread_placement"] = run.placement.note
+    report["cpu_kernels"] = kernels
     if levers:
-        report["levers"] = loader_levers(run, cfg, spec, bare_batches, flops, roof["roof_gflops"])
+        report["levers"] = lever_figures
     durations = run.train_set.durations
     report["padding_waste"] = {"subset": epoch_padding(durations, spec["batch_size"], cfg.train.seed,
                                                        PADDING_EPOCHS)}
@@ -420,35 +439,62 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     return report
 
 
+@contextlib.contextmanager
+def unplaced(run, release: bool = True):
+    """Inside: the OpenMP threads unpinned (utils/placement.py), when `release`."""
+    from utils import placement
+
+    if not (release and run.placement.thread_cores):
+        yield
+        return
+    placement.release(run.placement)
+    try:
+        yield
+    finally:
+        placement.apply(run.placement)
+
+
 def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
-    """num_workers 0, 1 and 2 but the config's (the main figure), numpy's feature path instead of our
-    C++ front end, numpy's BLAS on 1 thread (forked workers inherit it), augmentation off, each a (loader, bare) pair on the same batches, and the
-    loader with every sample computed beforehand (its own cost without the features)."""
+    """num_workers 0, 1 and 2 but the config's (the main figure), thread placement off, workers not
+    niced, the loader restarted each pass, numpy's feature path instead of our C++ front end, numpy's
+    BLAS on 1 thread (forked workers inherit it), augmentation off, each a (loader, bare) pair on the
+    same batches, and the loader with every sample computed beforehand (its own cost without the
+    features)."""
+    from utils import feature_kernels
     from utils.data import SpeechDataset, make_loader
 
     levers = {}
     for workers in [w for w in spec["lever_workers"] if w != cfg.data.num_workers]:
-        loader = run_loader(run, cfg, num_workers=workers)
-        figures = pairs_figures([pair(run, loader, bare_batches, f"num_workers={workers}")], flops, roof)
+        with unplaced(run, workers <= 0):  # train.py does not place threads without loader workers
+            loader = run_loader(run, cfg, num_workers=workers, placed=workers > 0)
+            figures = pairs_figures(lever_pair(run, loader, bare_batches, f"num_workers={workers}"), flops,
+                                    roof)
         levers[f"num_workers_{workers}"] = _lever_summary(figures)
     if cfg.data.num_workers > 0:
+        with unplaced(run):  # threads and workers where the OS puts them, workers niced
+            loader = run_loader(run, cfg, placed=False)
+            figures = pairs_figures(lever_pair(run, loader, bare_batches, "thread placement off"), flops, roof)
+        levers[f"thread_placement_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
+        with unplaced(run):  # and at normal priority
+            loader = run_loader(run, cfg, niced=False, placed=False)
+            figures = pairs_figures(lever_pair(run, loader, bare_batches, "worker not niced"), flops, roof)
+        levers[f"worker_not_niced_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
         # a DataLoader (not an iterator) starts its workers again at each pass's iter()
-        for name, loader in (("worker_not_niced", run_loader(run, cfg, niced=False)),
-                             ("loader_restarted_each_pass", make_loader(run.train_set, run.sampler,
-                                                                         cfg.data.num_workers))):
-            figures = pairs_figures([pair(run, loader, bare_batches, name.replace("_", " "))], flops, roof)
-            levers[f"{name}_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
-    from utils import feature_kernels
-
+        loader = make_loader(run.train_set, run.sampler, cfg.data.num_workers,
+                             worker_cores=run.placement.worker_cores)
+        figures = pairs_figures([pair(run, loader, bare_batches, "loader restarted each pass")], flops, roof)
+        levers[f"loader_restarted_each_pass_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     if feature_kernels.load() is not None:  # the same batches through numpy's feature path
         feature_kernels.disable()  # forked loader workers inherit it
         try:
-            figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy features")], flops, roof)
+            figures = pairs_figures(lever_pair(run, run_loader(run, cfg), bare_batches, "numpy features"), flops,
+                                    roof)
         finally:
             feature_kernels.disable(False)
         levers[f"numpy_features_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     with blas_threads(1) as blas:  # forked loader workers inherit the limit
-        figures = pairs_figures([pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread")], flops, roof)
+        figures = pairs_figures(lever_pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread"), flops,
+                                roof)
         levers[f"numpy_blas_1_thread_num_workers_{cfg.data.num_workers}"] = dict(_lever_summary(figures),
                                                                                  blas_threads=blas)
     plain = SpeechDataset(run.train_set.utterances, run.vocabulary, cfg.features.feature_method,
@@ -457,7 +503,7 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     plain_flops = train_flops(model_dict(cfg), run.model.feat_dim, len(run.vocabulary),
                               [tuple(b[0].shape[:2]) for b in plain_batches])
     loader = run_loader(run, cfg, dataset=plain)
-    figures = pairs_figures([pair(run, loader, plain_batches, "augmentation off")], plain_flops, roof)
+    figures = pairs_figures(lever_pair(run, loader, plain_batches, "augmentation off"), plain_flops, roof)
     levers[f"augmentation_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     # the loader's own cost: the same worker and batches, samples computed beforehand (3 pairs:
     # one pair moves by a few %)
@@ -506,14 +552,14 @@ class CachedSamples:
 
 
 def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None,
-               epoch: int = MEASURED_EPOCH):
+               epoch: int = MEASURED_EPOCH, placed: bool = True):
     """train.py's run-long batch iterator, repeating `epoch` at every pass."""
     from utils.data import run_batches
 
     run.sampler.set_epoch(epoch, 0)
     return run_batches(dataset or run.train_set, run.sampler,
                        cfg.data.num_workers if num_workers is None else num_workers, niced,
-                       epochs=itertools.repeat(epoch))
+                       epochs=itertools.repeat(epoch), worker_cores=run.placement.worker_cores if placed else None)
 
 
 def _lever_summary(figures: dict) -> dict:

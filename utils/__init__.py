@@ -4,13 +4,15 @@
   this makes it use its AVX2 kernels (about 2.5x faster matmul on the EPYC we measured).
 - OMP_NUM_THREADS: Paddle forces 1 thread when it is unset; we use the cores this
   process may run on, shared among the local training processes. Loader workers do
-  numpy-only work, so forking them after Paddle's OpenMP pool exists is safe.
-Both are only defaults: a value already in the environment wins.
+  no Paddle work, so forking them after Paddle's OpenMP pool exists is safe.
+- KMP_BLOCKTIME=1: waiting OpenMP threads sleep after 1 ms, not 200 (utils/placement.py).
+All are only defaults: a value already in the environment wins.
 """
 import os as _os
 
 
-def _local_processes() -> int:
+def local_processes() -> int:
+    """Training processes on this machine (paddle.distributed.launch sets PADDLE_LOCAL_SIZE)."""
     for name in ("PADDLE_LOCAL_SIZE", "PADDLE_TRAINERS_NUM"):
         if _os.environ.get(name, "").isdigit():
             return max(1, int(_os.environ[name]))
@@ -22,7 +24,7 @@ def _default_threads() -> int:
         cores = len(_os.sched_getaffinity(0))
     except AttributeError:
         cores = _os.cpu_count() or 1
-    return max(1, cores // _local_processes())
+    return max(1, cores // local_processes())
 
 
 def _is_amd() -> bool:
@@ -39,6 +41,9 @@ if _is_amd():  # on Intel CPUs the variable makes MKL slower (bench: 153 -> 80 G
 # (bench: fbank of a batch 126 ms -> 17.5 ms, 8 s inference 113 -> 59 ms with one thread).
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 _os.environ.setdefault("OMP_NUM_THREADS", str(_default_threads()))
+# Paddle's Intel OpenMP threads spin 200 ms waiting for work; after 1 ms they sleep and leave the
+# core to a loader worker (utils/placement.py). The step itself runs as fast (make bench).
+_os.environ.setdefault("KMP_BLOCKTIME", "1")
 
 import warnings as _warnings
 

@@ -28,7 +28,7 @@ import paddle.nn as nn
 
 from utils import native_build
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rnn.cc", "conv.cc", "norm.cc")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rnn.cc", "conv.cc", "norm.cc", "threads.cc")]
 HEADERS = [Path(__file__).with_name("csrc") / "common.h"]  # in the build key, not compiled alone
 BUILD_ROOT = native_build.BUILD_ROOT / "cpu_kernels"
 EXTENSION_NAME = "ds2_cpu_kernels"
@@ -102,6 +102,13 @@ def choose(setting: str, on_cpu: bool) -> tuple[bool, str]:
         return False, f"convolutions, norms and recurrent layers: Paddle's kernels ({error})"
     return True, (f"convolutions, norms and recurrent layers: our CPU kernels (train.cpu_kernels={setting}; "
                   f"built in {build_directory()})")
+
+
+def bind_threads(cores: list[int], one_each: bool) -> list[int]:
+    """OpenMP thread t (0: the calling thread) on cores[t % len(cores)] alone (one_each), or every
+    thread on all of `cores`; returns each thread's errno (0: placed)."""
+    status = load_ops().ds2_bind_threads(paddle.to_tensor(cores, dtype="int32"), one_each)
+    return [int(value) for value in status.numpy()]
 
 
 def conv2d(conv: nn.Conv2D, x: paddle.Tensor) -> paddle.Tensor:

@@ -7,14 +7,14 @@ and does not depend on which worker computes it: a resumed run sees identical ba
 """
 from __future__ import annotations
 
+import functools
 import itertools
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import paddle
 
-from utils import feature_kernels
+from utils import feature_kernels, placement
 from utils.augment import Augmentation
 from utils.audio import load_audio
 from utils.features import compute_features
@@ -22,11 +22,6 @@ from utils.manifest import Utterance, UtteranceTable
 from utils.text import Vocabulary
 
 DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
-# Loader workers run at this niceness: on a machine whose cores the step's OpenMP threads fill,
-# a niced worker mostly runs in the gaps (Python, the optimizer) instead of taking a thread's core.
-# make bench, demo config on 2 cores, without each pass's first batch: pipeline ratio 1.04
-# niced against 1.11 at normal priority.
-WORKER_NICENESS = 10
 
 
 class SpeechDataset(paddle.io.Dataset):
@@ -162,34 +157,32 @@ class RunSampler(paddle.io.Sampler):
             yield from self.sampler.epoch_keys(epoch)
 
 
-def _lower_priority(worker_id: int) -> None:
-    try:
-        os.nice(WORKER_NICENESS)
-    except OSError:  # a platform without nice: run at normal priority
-        pass
-
-
-def loader_options(num_workers: int, niced: bool = True) -> dict:
-    """DataLoader arguments for `num_workers` niced feature processes (0: this process computes)."""
+def loader_options(num_workers: int, niced: bool = True, worker_cores: list[int] | None = None) -> dict:
+    """DataLoader arguments for `num_workers` feature processes (0: this process computes), niced or
+    on worker_cores at idle priority (utils/placement.py), or at normal priority (niced False)."""
     if num_workers <= 0:
         return {"num_workers": 0, "use_shared_memory": False}
-    return {"num_workers": num_workers, "use_shared_memory": True,
-            "worker_init_fn": _lower_priority if niced else None}
+    init = functools.partial(_enter_worker, worker_cores) if niced else None
+    return {"num_workers": num_workers, "use_shared_memory": True, "worker_init_fn": init}
+
+
+def _enter_worker(worker_cores: list[int] | None, worker_id: int) -> None:
+    placement.enter_worker(worker_cores)
 
 
 def make_loader(dataset: SpeechDataset, sampler: paddle.io.Sampler, num_workers: int,
-                niced: bool = True) -> paddle.io.DataLoader:
+                niced: bool = True, worker_cores: list[int] | None = None) -> paddle.io.DataLoader:
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, return_list=True,
-                                **loader_options(num_workers, niced))
+                                **loader_options(num_workers, niced, worker_cores))
 
 
 def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int, niced: bool = True,
-                epochs: Iterable[int] | None = None):
+                epochs: Iterable[int] | None = None, worker_cores: list[int] | None = None):
     """A generator of the batches of every epoch from the sampler's set_epoch position on (see
     RunSampler); the training loop takes len(sampler) batches from it per epoch. close() stops
     the workers: Paddle's iterator stops them only at its end, never reached here, or when
     garbage-collected, which its own reader thread prevents."""
-    return _close_at_end(make_loader(dataset, RunSampler(sampler, epochs), num_workers, niced))
+    return _close_at_end(make_loader(dataset, RunSampler(sampler, epochs), num_workers, niced, worker_cores))
 
 
 def _close_at_end(loader: paddle.io.DataLoader):

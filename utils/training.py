@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from utils import cpu_kernels, feature_kernels
+from utils import cpu_kernels, feature_kernels, placement
+from utils import local_processes
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
@@ -166,13 +167,18 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
         raise TrainingError(f"{cfg.data.mean_std_path} has {len(normalizer['mean'])}-dim statistics but the "
                             f"features are {dim}-dim; rerun create_data.py with the same --configs")
     model = build_model(cfg.model, dim, len(vocabulary), normalizer["mean"], normalizer["std"])
-    model.cpu_kernels, kernel_note = cpu_kernels.choose(t.cpu_kernels, on_cpu=paddle.get_device() == "cpu")
+    on_cpu = paddle.get_device() == "cpu"
+    model.cpu_kernels, kernel_note = cpu_kernels.choose(t.cpu_kernels, on_cpu=on_cpu)
+    run_placement = placement.plan(t.thread_placement, on_cpu, model.cpu_kernels, local_processes(),
+                                   int(os.environ.get("OMP_NUM_THREADS", "1")),
+                                   0 if t.deterministic else cfg.data.num_workers, placement.allowed_cores())
     optimizer = build_optimizer(cfg, model)
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if t.use_amp else None
     train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
     log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
     log.info(kernel_note)
     log.info(feature_kernels.status())
+    log.info(run_placement.note)
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 batches=None,  # started at the first epoch: one loader iterator for the whole run
@@ -181,7 +187,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 # held (this process is as fast: demo test set, 2.0-2.3 s against 2.3 s with a worker)
                 test_loader=make_eval_loader(test_set, t.batch_size, 0), log=log,
                 state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
-                epoch_padding=[])
+                epoch_padding=[], placement=run_placement)
 
 
 def _start_from(run: _Run) -> None:
@@ -311,8 +317,8 @@ def _run_epoch(run: _Run) -> bool:
     run.sampler.set_epoch(run.state.epoch, run.state.batch_in_epoch)
     num_batches = len(run.sampler)
     if run.batches is None:  # from here on it goes on through the following epochs by itself
-        run.batches = run_batches(run.train_set, run.sampler,
-                                  0 if t.deterministic else run.cfg.data.num_workers)
+        run.batches = run_batches(run.train_set, run.sampler, 0 if t.deterministic else run.cfg.data.num_workers,
+                                  worker_cores=run.placement.worker_cores)
     run.epoch_padding = []  # padded frames / real frames of each batch, reported at the epoch's end
     losses, timing = [], dict.fromkeys(("reader", "batch", "utts", "audio", "padding", "batches"), 0.0)
     frame_seconds = 0.01
@@ -402,6 +408,7 @@ def _loop(run: _Run) -> str:
     t, start = run.cfg.train, time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     run.model.train()
+    placement.apply(run.placement)
     try:
         while run.state.epoch < t.num_epoch and not (t.max_steps and run.state.step >= t.max_steps):
             finished = _run_epoch(run)
@@ -425,6 +432,7 @@ def _loop(run: _Run) -> str:
         signal.signal(signal.SIGTERM, previous)
         if run.batches is not None:
             run.batches.close()
+        placement.release(run.placement)
         run.log.close()
     best = run.state.best_metric
     if run.rank != 0:
