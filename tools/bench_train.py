@@ -6,7 +6,8 @@ On a corpus of 2-4 s clips (the demo corpus when built, else one generated once 
 espeak-ng into bench/corpus) it measures, each part in its own worker process so that the
 thread variables can differ (numpy and Paddle read them at load time):
 
-demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
+demo (conf/demo.yml, the toolkit's thread defaults and train.py's thread placement), all in one
+process:
   - throughput through the real loader: utils/training.py's `_run_epoch` over the real
     DataLoader (augmentation as configured), iterated once across all passes as train.py
     iterates it across epochs, audio seconds and utterances per wall second;
@@ -28,11 +29,13 @@ demo (conf/demo.yml, the toolkit's thread defaults), all in one process:
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
   - cpu_kernels: the bare step with Paddle's CPU kernels and with ours (utils/cpu_kernels.py),
     alternating passes, for the demo and the peer-equivalent config;
-  - levers, each as a (loader pass, bare pass) pair: num_workers 0/1/2, workers at normal
-    priority, the loader started afresh every pass (utils/data.py's defaults: niced, one run-long
-    iterator),
-    numpy's BLAS on one thread (its idle threads spin and take the core from the step),
-    augmentation off, and every sample computed beforehand (the loader's own cost).
+  - levers, each as a (loader pass, bare pass) pair after an unmeasured pass of the fresh loader:
+    num_workers 0/1/2, thread placement off (utils/placement.py: OpenMP threads pinned, workers
+    at idle priority on the other cores), workers at normal priority, the loader started afresh
+    every pass (no unmeasured pass there: that is the lever), numpy's feature path instead of our
+    C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads spin
+    and take the core from the step), augmentation off, and every sample computed beforehand
+    (the loader's own cost, three pairs). One pair moves by about 0.03.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
   80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
   (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
@@ -44,8 +47,8 @@ threads: bare steps of the demo model, the loader's feature CPU and the GEMM roo
 memory: peak RSS of train.py's set-up plus a few steps of the demo config with 1k, 10k and
   100k manifest lines (clips repeated), each in a fresh process, against the manifest's size.
 reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
-  1024), a few bare steps with the kernels train.py would choose; on a GPU build with a GPU also the same steps under AMP O1
-  (gpu_amp: throughput and speedup over float32).
+  1024), a few bare steps with the kernels train.py would choose; on a GPU build with a GPU
+  also the same steps under AMP O1 (gpu_amp: throughput and speedup over float32).
 
 Ratios are measured inside one process, because this machine is shared and noisy; the
 figures across processes (threads) are only as steady as the load (reported).
