@@ -7,7 +7,9 @@ Paddle's CPU kernels leave much of a 2-core CPU idle in a DeepSpeech2 step (READ
   and multiplies the batch's images on all OpenMP threads;
 - normalizations (csrc/norm.cc): the layer norm after the recurrent layers (Paddle's backward
   takes 8 ms a step) and each convolution block's batch norm, clip and padding mask in one op
-  (five of Paddle's, about 24 ms a step).
+  (five of Paddle's, about 24 ms a step);
+- thread placement (csrc/threads.cc): pins each OpenMP thread of the pool MKL and these kernels
+  share to a core (utils/placement.py says when and why).
 All read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D / nn.LayerNorm /
 nn.BatchNorm2D), so checkpoints, exports and the GPU path are unchanged;
 tests/test_cpu_kernels.py pins outputs and gradients to Paddle's.

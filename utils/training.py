@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from utils import cpu_kernels, feature_kernels, placement
-from utils import local_processes
+from utils import cpu_kernels, feature_kernels, local_processes, placement
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
