@@ -10,8 +10,8 @@ Paddle's CPU kernels leave much of a 2-core CPU idle in a DeepSpeech2 step (READ
   (five of Paddle's, about 24 ms a step);
 - thread placement (csrc/threads.cc): pins each OpenMP thread of the pool MKL and these kernels
   share to a core (utils/placement.py says when and why).
-All read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D / nn.LayerNorm /
-nn.BatchNorm2D), so checkpoints, exports and the GPU path are unchanged;
+The compute kernels read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D /
+nn.LayerNorm / nn.BatchNorm2D), so checkpoints, exports and the GPU path are unchanged;
 tests/test_cpu_kernels.py pins outputs and gradients to Paddle's.
 
 The kernels are compiled with g++ against the installed Paddle (about 15 s, once) into
