@@ -22,8 +22,8 @@ def plan(**overrides) -> placement.Placement:
 def test_a_cpu_run_with_loader_workers_pins_threads_and_moves_workers_off_the_main_core():
     placed = plan()
     assert placed.thread_cores == [0, 1] and placed.worker_cores == [1, 2, 3] and placed.cores == CORES
-    assert placed.note == ("threads: OpenMP thread t on core [0, 1][t]; loader workers at idle priority on "
-                           "cores [1, 2, 3] (train.thread_placement=auto)")
+    assert placed.note == ("threads: OpenMP threads pinned one to a core, to cores [0, 1] (the main thread to 0); "
+                           "loader workers at idle priority on cores [1, 2, 3] (train.thread_placement=auto)")
 
 
 @pytest.mark.parametrize("overrides, reason", [

@@ -47,8 +47,9 @@ def plan(setting: str, on_cpu: bool, kernels: bool, processes: int, threads: int
         return Placement(note=f"threads: placed by the OS ({reason})")
     thread_cores, worker_cores = cores[:threads], cores[1:]
     return Placement(thread_cores, worker_cores,
-                     f"threads: OpenMP thread t on core {thread_cores}[t]; loader workers at idle priority on "
-                     f"cores {worker_cores} (train.thread_placement={setting})", cores)
+                     f"threads: OpenMP threads pinned one to a core, to cores {thread_cores} (the main thread "
+                     f"to {thread_cores[0]}); loader workers at idle priority on cores {worker_cores} "
+                     f"(train.thread_placement={setting})", cores)
 
 
 def apply(placement: Placement) -> None:
