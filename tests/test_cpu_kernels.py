@@ -230,3 +230,13 @@ def test_without_compiler_auto_falls_back_and_fused_says_why(monkeypatch):
     assert not use and "need g++ (apt-get install g++)" in note
     with pytest.raises(cpu_kernels.KernelsUnavailable, match="train.cpu_kernels=paddle"):
         cpu_kernels.choose("fused", on_cpu=True)
+
+
+def test_an_unwritable_build_folder_falls_back_with_the_reason(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")  # mkdir under a file fails, even for root
+    monkeypatch.setattr(cpu_kernels, "_ops", None)
+    monkeypatch.setattr(cpu_kernels, "_build_error", None)
+    monkeypatch.setattr(cpu_kernels, "BUILD_ROOT", blocker / "build")
+    use, note = cpu_kernels.choose("auto", on_cpu=True)
+    assert not use and f"cannot build in {blocker / 'build'}" in note and "train.cpu_kernels=paddle" in note

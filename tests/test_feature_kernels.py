@@ -141,3 +141,14 @@ def test_disable_switches_to_numpy_and_back(fresh_library_state):
     np.testing.assert_array_equal(compute_features(samples, "fbank"), numpy_fbank(samples))
     feature_kernels.disable(False)
     assert feature_kernels.status().startswith("features: our C++ front end")
+
+
+def test_an_unwritable_build_folder_leaves_numpy_computing(fresh_library_state, monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")  # mkdir under a file fails, even for root
+    monkeypatch.setattr(feature_kernels, "BUILD_ROOT", blocker / "build")
+    assert feature_kernels.load() is None
+    assert feature_kernels.status().startswith(f"features: numpy (cannot build {feature_kernels.SOURCE} in "
+                                               f"{blocker / 'build'}")
+    samples = speech_like(0.5)
+    np.testing.assert_array_equal(compute_features(samples, "fbank"), numpy_fbank(samples))

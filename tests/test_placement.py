@@ -14,16 +14,16 @@ CORES = [0, 1, 2, 3]
 
 
 def plan(**overrides) -> placement.Placement:
-    args = dict(setting="auto", on_cpu=True, kernels=True, processes=1, threads=2, num_workers=1, cores=CORES)
+    args = dict(setting="auto", on_cpu=True, kernels=True, processes=1, threads=4, num_workers=1, cores=CORES)
     args.update(overrides)
     return placement.plan(**args)
 
 
 def test_a_cpu_run_with_loader_workers_pins_threads_and_moves_workers_off_the_main_core():
     placed = plan()
-    assert placed.thread_cores == [0, 1] and placed.worker_cores == [1, 2, 3] and placed.cores == CORES
-    assert placed.note == ("threads: OpenMP threads pinned one to a core, to cores [0, 1] (the main thread to 0); "
-                           "loader workers at idle priority on cores [1, 2, 3] (train.thread_placement=auto)")
+    assert placed.thread_cores == CORES and placed.worker_cores == [1, 2, 3] and placed.cores == CORES
+    assert placed.note == ("threads: OpenMP threads pinned one to a core, to cores [0, 1, 2, 3] (the main thread "
+                           "to 0); loader workers at idle priority on cores [1, 2, 3] (train.thread_placement=auto)")
 
 
 @pytest.mark.parametrize("overrides, reason", [
@@ -33,7 +33,8 @@ def test_a_cpu_run_with_loader_workers_pins_threads_and_moves_workers_off_the_ma
     ({"processes": 2}, "2 training processes share the machine"),
     ({"num_workers": 0}, "data.num_workers=0"),
     ({"threads": 1}, "1 OpenMP thread(s)"),
-    ({"threads": 8}, "8 OpenMP threads on 4 core(s)"),
+    ({"threads": 8}, "8 OpenMP threads on 4 cores"),
+    ({"threads": 2}, "2 OpenMP threads on 4 cores: pinning is for a step that fills every core"),
 ])
 def test_the_os_places_threads_otherwise_and_the_log_says_why(overrides, reason):
     placed = plan(**overrides)
@@ -93,7 +94,7 @@ def test_pinning_places_each_openmp_thread_and_release_restores_them():
     cores = sorted(os.sched_getaffinity(0))
     paddle.matmul(paddle.ones([64, 64]), paddle.ones([64, 64]))  # the OpenMP pool exists
     before = thread_affinities()
-    placed = plan(threads=2, cores=cores)
+    placed = plan(threads=len(cores), cores=cores)
     placement.apply(placed)
     try:
         assert os.sched_getaffinity(0) == {cores[0]}  # this (the main) thread: OpenMP thread 0

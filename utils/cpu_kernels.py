@@ -20,6 +20,7 @@ build/cpu_kernels/<key>/, <key> covering the sources, the flags, the Paddle vers
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 from contextlib import redirect_stdout
@@ -63,7 +64,12 @@ def load_ops():
 
     folder = build_directory()
     libs = Path(paddle.__file__).parent / "libs"  # Paddle's MKL (cblas_sgemm) and Intel OpenMP
-    with native_build.build_lock(folder):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(native_build.build_lock(folder))
+        except OSError as error:  # a read-only checkout, a full disk
+            _build_error = f"cannot build in {folder} ({error}); set train.cpu_kernels=paddle to train without them"
+            raise KernelsUnavailable(_build_error) from error
         chatter = io.StringIO()  # Paddle's builder prints its setup.py run
         try:
             with redirect_stdout(chatter):

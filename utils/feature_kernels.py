@@ -77,17 +77,24 @@ def _build() -> Path:
         return path
     if shutil.which("g++") is None:
         raise RuntimeError("the C++ feature front end needs g++ (apt-get install g++)")
-    with native_build.build_lock(path.parent):
-        if not path.is_file():  # another process may have built it while this one waited
-            partial = path.with_name(f"{LIBRARY_NAME}.{os.getpid()}.tmp")
-            result = subprocess.run(["g++", *COMPILE_FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
-                                    text=True, timeout=BUILD_TIMEOUT_S, check=False)
-            if result.returncode != 0:
-                partial.unlink(missing_ok=True)
-                raise RuntimeError(f"building {SOURCE} in {path.parent} failed: {result.stderr.strip()[-1500:]}")
-            partial.replace(path)  # whole or absent: a killed build leaves no half library
+    try:
+        with native_build.build_lock(path.parent):
+            if not path.is_file():  # another process may have built it while this one waited
+                _compile(path)
+    except OSError as error:  # a read-only checkout, a full disk
+        raise RuntimeError(f"cannot build {SOURCE} in {path.parent} ({error})") from error
     native_build.prune_stale(BUILD_ROOT, path.parent)
     return path
+
+
+def _compile(path: Path) -> None:
+    partial = path.with_name(f"{LIBRARY_NAME}.{os.getpid()}.tmp")
+    result = subprocess.run(["g++", *COMPILE_FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
+                            text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"building {SOURCE} in {path.parent} failed: {result.stderr.strip()[-1500:]}")
+    partial.replace(path)  # whole or absent: a killed build leaves no half library
 
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:

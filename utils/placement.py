@@ -10,6 +10,10 @@ them (about half the step's wall time on the demo config). So:
 - KMP_BLOCKTIME=1 (utils/__init__.py): a waiting OpenMP thread sleeps after 1 ms instead of
   spinning for 200, so those waits leave its core free.
 make bench measures it on and off (README, "Benchmarks").
+
+It pins only when OMP_NUM_THREADS equals the cores this process may use: two trainings started
+side by side would otherwise pin their main threads to the same core. Give each its own cores
+(taskset -c) and each pins within them.
 """
 from __future__ import annotations
 
@@ -42,10 +46,11 @@ def plan(setting: str, on_cpu: bool, kernels: bool, processes: int, threads: int
               f"{processes} training processes share the machine" if processes > 1 else
               "features computed in this process (data.num_workers=0)" if num_workers <= 0 else
               f"{threads} OpenMP thread(s)" if threads < 2 else
-              f"{threads} OpenMP threads on {len(cores)} core(s)" if threads > len(cores) else None)
+              f"{threads} OpenMP threads on {len(cores)} cores: pinning is for a step that fills every core"
+              if threads != len(cores) else None)
     if reason is not None:
         return Placement(note=f"threads: placed by the OS ({reason})")
-    thread_cores, worker_cores = cores[:threads], cores[1:]
+    thread_cores, worker_cores = cores, cores[1:]
     return Placement(thread_cores, worker_cores,
                      f"threads: OpenMP threads pinned one to a core, to cores {thread_cores} (the main thread "
                      f"to {thread_cores[0]}); loader workers at idle priority on cores {worker_cores} "
