@@ -3,7 +3,8 @@
 When the step's OpenMP threads fill every core (2 cores, 2 threads), a loader worker can only take
 its CPU from the step. Where it takes it matters. The main thread works through the whole step
 (Python, every op); the other OpenMP threads work only inside parallel regions and wait between
-them (about half the step's wall time on the demo config). So:
+them (by the step's speed on one thread and two: about a third of the demo step's wall time, half
+of the peer-equivalent config's). So:
 - OpenMP thread t is pinned to core t (cpu_kernels.bind_threads): the main thread keeps core 0;
 - the loader workers run on the other cores at SCHED_IDLE priority: they run where a helper thread
   waits, and give way at once when a parallel region wakes it;
