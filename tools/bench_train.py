@@ -432,7 +432,9 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
               **pairs_figures(pairs, flops, roof["roof_gflops"], spec.get("epoch_batches", 0))}
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
     report["thread_placement"] = run.placement.note
-    report["cpu_kernels"] = kernels
+    # the lever ran before roof_after existed: its roof fractions, like the others, on the merged roof
+    report["cpu_kernels"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
+                             if key.endswith("_roof_fraction") else value for key, value in kernels.items()}
     if levers:
         report["levers"] = lever_figures
     durations = run.train_set.durations

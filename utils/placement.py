@@ -22,6 +22,10 @@ import os
 from dataclasses import dataclass, field
 
 CHOICES = ("auto", "off")
+# Niced, a worker mostly runs in the gaps the step's threads leave instead of taking a thread's core
+# (make bench, demo config on 2 cores, before thread placement: pipeline ratio 1.04 niced against
+# 1.11 at normal priority).
+WORKER_NICENESS = 10
 
 
 @dataclass
@@ -88,12 +92,6 @@ def enter_worker(worker_cores: list[int] | None) -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # no SCHED_IDLE here: niceness does most of it
         _lower_priority()
-
-
-# Niced, a worker mostly runs in the gaps the step's threads leave instead of taking a thread's core
-# (make bench, demo config on 2 cores, before thread placement: pipeline ratio 1.04 niced against
-# 1.11 at normal priority).
-WORKER_NICENESS = 10
 
 
 def _lower_priority() -> None:

@@ -1,7 +1,7 @@
-// Pins the OpenMP threads to cores, as a Paddle custom operator (utils/cpu_kernels.py calls it at
-// the start and end of a CPU training run; utils/training.py says why). It runs one parallel region
-// on the same Intel OpenMP runtime as MKL's and Paddle's kernels, so it places their threads: each
-// thread sets its own affinity.
+// Pins the OpenMP threads to cores, as a Paddle custom operator (cpu_kernels.bind_threads, which
+// utils/placement.py calls at the start and end of a CPU training run and explains). It runs one
+// parallel region on the same Intel OpenMP runtime as MKL's and Paddle's kernels, so it places
+// their threads: each thread sets its own affinity.
 #include <omp.h>
 #include <sched.h>
 
