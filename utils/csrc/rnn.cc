@@ -165,12 +165,14 @@ Grads AllocateGrads(const Lengths& len, int64_t steps, int64_t gate_width, int64
 
 // After the frame loop: dW_hh [G*H, H] = sum over frames of d(h W_hh^T) [G*H] x h_prev [H] (one
 // sgemm; both are 0 on padded frames), and the bias gradients.
+// d_hh null: the same as d(x W_ih^T), grads.gates_x (an LSTM's), and so are the two bias gradients.
 std::vector<paddle::Tensor> FinishGrads(Grads& grads, const BiasSums& sums, const float* d_hh, const float* h_prev,
                                         int64_t frames, int64_t gate_width, int64_t hidden) {
-  cblas_sgemm(kRowMajor, kTrans, kNoTrans, gate_width, hidden, frames, 1.0f, d_hh, gate_width, h_prev, hidden,
-              0.0f, grads.weight_hh.data<float>(), hidden);
+  const bool same = d_hh == nullptr;
+  cblas_sgemm(kRowMajor, kTrans, kNoTrans, gate_width, hidden, frames, 1.0f, same ? grads.gates_x.data<float>() : d_hh,
+              gate_width, h_prev, hidden, 0.0f, grads.weight_hh.data<float>(), hidden);
   sums.x.Write(grads.bias_ih.data<float>());
-  sums.h.Write(grads.bias_hh.data<float>());
+  (same ? sums.x : sums.h).Write(grads.bias_hh.data<float>());
   return {grads.gates_x, grads.bias_ih, grads.weight_hh, grads.bias_hh};
 }
 
@@ -198,6 +200,8 @@ void ForwardFrames(const Lengths& len, int64_t steps, int64_t hidden, const Pack
 // Backward, from the last step down: row(b, frame, t, s, dh, d_x, d_hh, direct) takes the
 // gradient dh reaching h at that frame and writes the row's d(x W_ih^T), d(h W_hh^T + b_hh) and
 // `direct`, the part of dh_prev that skips W_hh; then dh_prev = direct + d_hh W_hh for all rows.
+// d_hh_all [B, T, G*H] keeps d_hh frame by frame for the weight gradient; null when d_hh is d_x
+// (an LSTM's), so that the weight gradient reads d_gates_x and nothing is copied or summed twice.
 template <typename Row>
 void BackwardFrames(const Lengths& len, int64_t steps, int64_t hidden, int64_t gate_width, const PackedWeight& weight,
                     bool reverse, float* d_gates_x, float* d_hh_all, BiasSums& sums, Row row) {
@@ -217,9 +221,11 @@ void BackwardFrames(const Lengths& len, int64_t steps, int64_t hidden, int64_t g
       const int64_t t = TimeIndex(len.values[b], s, reverse), frame = b * steps + t;
       float* dx = d_gates_x + frame * gate_width;
       row(b, frame, t, s, dh.data() + b * hidden, dx, dstep, direct);
-      std::memcpy(d_hh_all + frame * gate_width, dstep, sizeof(float) * gate_width);
       Accumulate(sums.x.Part(omp_get_thread_num()), dx, gate_width);
-      Accumulate(sums.h.Part(omp_get_thread_num()), dstep, gate_width);
+      if (d_hh_all != nullptr) {
+        std::memcpy(d_hh_all + frame * gate_width, dstep, sizeof(float) * gate_width);
+        Accumulate(sums.h.Part(omp_get_thread_num()), dstep, gate_width);
+      }
     }
     weight.Multiply(d_hh_step.data(), rows, dh_prev.data(), true);  // dh_prev = direct + d_hh W_hh
     std::copy(dh_prev.begin(), dh_prev.begin() + rows * hidden, dh.begin());
@@ -341,7 +347,8 @@ void LstmRowForward(const float* __restrict x, const float* __restrict bias_x, c
   }
 }
 
-// One row of one frame backward: c_prev may be null (a row's first frame: c = 0 before it);
+// One row of one frame backward: c_prev is a row of zeros at a row's first frame (no branch in
+// the loop: with one, g++ left it scalar and the backward gate pass cost twice as much);
 // dc carries the cell gradient in place; d_x [4H] is also the gradient of h W_hh^T + b_hh.
 void LstmRowBackward(const float* __restrict gates, const float* __restrict c_now, const float* __restrict c_prev,
                      const float* __restrict dh, const float* __restrict dout, float* __restrict dc,
@@ -351,7 +358,7 @@ void LstmRowBackward(const float* __restrict gates, const float* __restrict c_no
     const float grad_h = dh[j] + dout[j];
     const float tanh_c = Tanh(c_now[j]);
     const float grad_c = dc[j] + grad_h * og * (1.0f - tanh_c * tanh_c);
-    const float before = c_prev == nullptr ? 0.0f : c_prev[j];
+    const float before = c_prev[j];
     d_x[j] = grad_c * cand * in * (1.0f - in);
     d_x[H + j] = grad_c * before * forget * (1.0f - forget);
     d_x[2 * H + j] = grad_c * in * (1.0f - cand * cand);
@@ -395,24 +402,24 @@ std::vector<paddle::Tensor> LstmBackward(const paddle::Tensor& w_hh, const paddl
   const int64_t B = shape[0], T = shape[1], G = shape[2], H = G / 4;
   const Lengths len = ReadLengths(lens, T);
   Grads grads = AllocateGrads(len, T, G, H);
-  auto d_hh_all = PaddedWithZeros(len, T, G);  // gradient of h W_hh^T + b_hh, frame by frame
   const PackedWeight weight(w_hh.data<float>(), kNoTrans, B, H, G, H);
   BiasSums sums(RowThreads(B), G);
   std::vector<float> dc(B * H, 0.0f);  // the cell gradient carried back, row by row
+  const std::vector<float> no_cell(H, 0.0f);  // c before a row's first frame
   const float* gs = gates.data<float>();
   const float* cs = cells.data<float>();
   const float* dout = d_out.data<float>();
-  BackwardFrames(len, T, H, G, weight, reverse, grads.gates_x.data<float>(), d_hh_all.data<float>(), sums,
+  BackwardFrames(len, T, H, G, weight, reverse, grads.gates_x.data<float>(), nullptr, sums,
                  [&](int64_t b, int64_t frame, int64_t t, int64_t s, const float* dh, float* dx, float* dstep,
                      float* direct) {
                    const int64_t before = reverse ? t + 1 : t - 1;  // the frame run just before this one
-                   const float* c_prev = s == 0 ? nullptr : cs + (b * T + before) * H;
+                   const float* c_prev = s == 0 ? no_cell.data() : cs + (b * T + before) * H;
                    LstmRowBackward(gs + frame * G, cs + frame * H, c_prev, dh, dout + frame * H, dc.data() + b * H,
                                    dx, H);
                    std::memcpy(dstep, dx, sizeof(float) * G);  // d(h W_hh^T) = d(x W_ih^T) for an LSTM
                    std::fill(direct, direct + H, 0.0f);  // h reaches the previous frame only through W_hh
                  });
-  return FinishGrads(grads, sums, d_hh_all.data<float>(), h_prev_all.data<float>(), B * T, G, H);
+  return FinishGrads(grads, sums, nullptr, h_prev_all.data<float>(), B * T, G, H);
 }
 
 std::vector<std::vector<int64_t>> ForwardShapes(const std::vector<int64_t>& gates_x, const std::vector<int64_t>& b_ih,
