@@ -125,6 +125,7 @@ CONV_CASES = {  # (in channels, [kh, kw], [stride h, stride w], input [H, W])
     "demo second": (3, [3, 3], [2, 1], [10, 16]),
     "reference": (2, [41, 11], [2, 2], [45, 30]),
     "even kernel, stride 3": (2, [4, 4], [1, 3], [9, 17]),
+    "peer second, dcol one channel at a time": (3, [3, 3], [2, 2], [40, 400]),  # conv.cc GroupChannels: 1
 }
 
 
