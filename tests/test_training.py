@@ -191,7 +191,7 @@ def test_one_utterance_overfits_to_cer_zero(ldc93s1, tmp_path):
     training.train(cfg)
     assert os.sched_getaffinity(0) == cores  # pinned threads (utils/placement.py) released at the end
     log_text = (model_folder(cfg).parent / "train.log").read_text(encoding="utf-8")
-    assert "features: " in log_text and "threads: " in log_text
+    assert "features: " in log_text and "threads: " in log_text and "malloc: " in log_text
     state = load_state(model_folder(cfg, "best_model"))
     assert state.step <= 60 and state.best_metric == 0.0
     assert state.history[-1]["test_cer"] == 0.0

@@ -39,7 +39,9 @@ process:
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
   80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
   (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
-  once with the toolkit's thread defaults and once with MKL as shipped on one thread.
+  once with the toolkit's thread defaults, once with MKL as shipped on one thread, and once with
+  glibc returning freed tensors' memory to the system (train.keep_freed_memory=false,
+  utils/allocator.py; a process of its own, since glibc's default cannot be restored in one).
 threads: bare steps of the demo model, the loader's feature CPU and the GEMM roof with
   MKL_DEBUG_CPU_TYPE unset/5 x OMP_NUM_THREADS (and OPENBLAS_NUM_THREADS) 1/2, plus OpenMP
   threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
@@ -363,6 +365,7 @@ def worker_config(config_path: str, spec: dict, name: str, model_overrides: dict
     t.save_model_path, t.log_dir, t.use_model = spec["work"] + "/models", spec["work"] + "/log", name
     t.batch_size, t.num_iters_per_epoch = spec["batch_size"], spec["batches"]
     t.log_interval, t.save_step, t.max_steps = 10 ** 9, 0, 0
+    t.keep_freed_memory = spec.get("keep_freed_memory", True)
     for key, value in (model_overrides or {}).items():
         setattr(cfg.model, key, value)
     return cfg
@@ -432,6 +435,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
               **pairs_figures(pairs, flops, roof["roof_gflops"], spec.get("epoch_batches", 0))}
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
     report["thread_placement"] = run.placement.note
+    report["malloc"] = run.malloc_note
     # the lever ran before roof_after existed: its roof fractions, like the others, on the merged roof
     report["cpu_kernels"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
                              if key.endswith("_roof_fraction") else value for key, value in kernels.items()}
@@ -782,7 +786,7 @@ def verdicts(report: dict) -> dict:
         out["demo_roof_fraction"] = {"value": value, "target": f">= {TARGETS['roof_fraction_min']}",
                                      "met": value >= TARGETS["roof_fraction_min"],
                                      "ceiling": demo["roof_ceiling"]["ceiling_roof_fraction"]}
-    for name in ("peer_equivalent", "peer_equivalent_mkl_stock_1_thread"):
+    for name in ("peer_equivalent", "peer_equivalent_mkl_stock_1_thread", "peer_equivalent_freed_memory_returned"):
         peer = report.get(name, {})
         if "with_loader" not in peer:
             continue
@@ -823,6 +827,8 @@ def main(argv=None) -> int:
             report["peer_equivalent"] = worker("peer", spec, args.timeout)
             report["peer_equivalent_mkl_stock_1_thread"] = worker("peer", dict(spec, mkl="stock", threads=1),
                                                                   args.timeout)
+            report["peer_equivalent_freed_memory_returned"] = worker("peer", dict(spec, keep_freed_memory=False),
+                                                                     args.timeout)
         if "threads" not in args.skip:
             report["threads"] = thread_levers(spec, args.timeout)
         if "reference" not in args.skip:

@@ -81,6 +81,8 @@ class TrainConfig:
                                     "(our C++ kernels, built with g++), paddle, or auto (fused when they build)")
     thread_placement: str = _key("auto", "on the CPU: auto pins OpenMP thread t to core t and runs loader workers "
                                          "at idle priority on the other cores (utils/placement.py); off: the OS")
+    keep_freed_memory: bool = _key(True, "glibc keeps freed tensors' memory for the next step instead of "
+                                         "faulting it in again (utils/allocator.py)")
     scale_lr_by_world_size: bool = _key(False, "multiply learning_rate by the number of processes")
     log_interval: int = _key(20, "batches between log lines")
     save_step: int = _key(0, "also save epoch_N every this many batches (0: once per epoch)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from utils import cpu_kernels, feature_kernels, local_processes, placement
+from utils import allocator, cpu_kernels, feature_kernels, local_processes, placement
 from utils.augment import load_augmentation
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
                               finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
@@ -155,6 +155,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
         paddle.set_flags({"FLAGS_cudnn_deterministic": True})
     if t.use_amp and not paddle.is_compiled_with_cuda():
         raise TrainingError("train.use_amp needs a GPU build of Paddle; pass --use_amp=false on CPU")
+    malloc_note = allocator.keep_freed_memory(t.keep_freed_memory)  # before the model's tensors
     vocabulary = Vocabulary.load(cfg.data.dataset_vocab)
     normalizer = load_mean_std(cfg.data.mean_std_path)
     if normalizer["feature_method"] != cfg.features.feature_method:
@@ -178,6 +179,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     log.info(kernel_note)
     log.info(feature_kernels.status())
     log.info(run_placement.note)
+    log.info(malloc_note)
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 batches=None,  # started at the first epoch: one loader iterator for the whole run
@@ -186,7 +188,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 # held (this process is as fast: demo test set, 2.0-2.3 s against 2.3 s with a worker)
                 test_loader=make_eval_loader(test_set, t.batch_size, 0), log=log,
                 state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
-                epoch_padding=[], placement=run_placement)
+                epoch_padding=[], placement=run_placement, malloc_note=malloc_note)
 
 
 def _start_from(run: _Run) -> None:
