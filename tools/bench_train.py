@@ -29,6 +29,8 @@ process:
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
   - cpu_kernels: the bare step with Paddle's CPU kernels and with ours (utils/cpu_kernels.py),
     alternating passes, for the demo and the peer-equivalent config;
+  - strided_views: the same with Paddle's strided views from transpose on and off
+    (FLAGS_use_stride_kernel, off by utils/__init__.py);
   - levers, each as a (loader pass, bare pass) pair after an unmeasured pass of the fresh loader:
     num_workers 0/1/2, thread placement off (utils/placement.py: OpenMP threads pinned, workers
     at idle priority on the other cores), workers at normal priority, the loader started afresh
@@ -238,12 +240,15 @@ def run_pass(run, source) -> dict:
     run.batches = iter(timed)
     run.state.epoch, run.state.batch_in_epoch = MEASURED_EPOCH, 0
     start, cpu_start = time.perf_counter(), time.process_time()
+    faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with stdout_to_stderr():
         training._run_epoch(run)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
     real_frames = sum(int(lens.sum()) for lens in timed.feat_lens)
     first = timed.waits[0] + (timed.steps[0] if timed.steps else 0.0)
     return {"wall_s": wall, "steady_wall_s": wall - first, "cpu_s": cpu, "waits": timed.waits, "steps": timed.steps,
+            "page_faults_per_step": faults / max(1, len(timed.steps)),
             "shapes": timed.shapes, "audio_s": real_frames * FRAME_SECONDS,
             "utterances": sum(len(lens) for lens in timed.feat_lens),
             "padded_frames": sum(b * t for b, t in timed.shapes), "real_frames": real_frames}
@@ -304,6 +309,7 @@ def pass_figures(passes: list[dict], flops: float, roof: float) -> dict:
     audio, utts = passes[0]["audio_s"], passes[0]["utterances"]
     steady_share = sum(steady_waits) / max(1e-9, sum(p["steady_wall_s"] for p in passes))
     return {"wall_s": summarize(walls), "main_process_cpu_s": summarize([p["cpu_s"] for p in passes]),
+            "minor_page_faults_per_step": summarize([p["page_faults_per_step"] for p in passes]),
             "audio_s_per_pass": rounded(audio),
             "audio_s_per_s": summarize([audio / w for w in walls]),
             "utterances_per_s": summarize([utts / w for w in walls]),
@@ -416,6 +422,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
         pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
                  for i in range(spec["repeats"])]
         kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
+        views = strided_views_lever(run, bare_batches, flops, roof_before["roof_gflops"])
         lever_figures = loader_levers(run, cfg, spec, bare_batches, flops, roof_before["roof_gflops"]) \
             if levers else None
     finally:
@@ -439,6 +446,8 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     # the lever ran before roof_after existed: its roof fractions, like the others, on the merged roof
     report["cpu_kernels"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
                              if key.endswith("_roof_fraction") else value for key, value in kernels.items()}
+    report["strided_views"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
+                               if key.endswith("_roof_fraction") else value for key, value in views.items()}
     if levers:
         report["levers"] = lever_figures
     durations = run.train_set.durations
@@ -545,6 +554,28 @@ def kernels_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
     return {"used": True, **{f"{name}_audio_s_per_s": figures[name]["audio_s_per_s"]["median"] for name in figures},
             **{f"{name}_roof_fraction": figures[name]["roof_fraction"] for name in figures},
             "speedup": ratio(figures["ours"]["audio_s_per_s"]["median"], figures["paddle"]["audio_s_per_s"]["median"])}
+
+
+def strided_views_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
+    """The bare step with Paddle's strided views from transpose (FLAGS_use_stride_kernel, which
+    utils/__init__.py turns off) and without, two passes each in the order on, off, off, on."""
+    import paddle
+
+    chosen = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    passes = {False: [], True: []}
+    try:
+        for views in (True, False, False, True):
+            log(f"  bare pass with strided views {'on' if views else 'off'}")
+            paddle.set_flags({"FLAGS_use_stride_kernel": views})
+            passes[views].append(run_pass(run, bare_batches))
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": chosen})
+    figures = {name: pass_figures(passes[views], flops, roof) for name, views in (("off", False), ("on", True))}
+    return {"chosen": "on" if chosen else "off",
+            **{f"views_{name}_audio_s_per_s": figures[name]["audio_s_per_s"]["median"] for name in figures},
+            **{f"views_{name}_roof_fraction": figures[name]["roof_fraction"] for name in figures},
+            "speedup_without_views": ratio(figures["off"]["audio_s_per_s"]["median"],
+                                           figures["on"]["audio_s_per_s"]["median"])}
 
 
 class CachedSamples:
