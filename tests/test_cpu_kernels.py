@@ -175,6 +175,22 @@ def test_layer_norm_matches_paddle(ops, shape):
         np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+def test_normalize_features_matches_paddle(ops):
+    """(feats - mean) * istd, 0 past each row's length, as [B, 1, D, T]: against Paddle's ops, with
+    150 frames (three blocks of 64, the last part-filled) and lengths 0, 1, 64, 150."""
+    rng = np.random.default_rng(8)
+    feats_value = rng.normal(2.0, 3.0, (4, 150, 7)).astype(np.float32)
+    mean_value, istd_value = rng.normal(size=7).astype(np.float32), rng.uniform(0.5, 2.0, 7).astype(np.float32)
+    lens = paddle.to_tensor([0, 1, 64, 150], dtype="int64")
+    feats, mean, istd = map(paddle.to_tensor, (feats_value, mean_value, istd_value))
+    fused = cpu_kernels.normalize_features(feats, lens, mean, istd).numpy()
+    mask = (np.arange(150)[None, :] < lens.numpy()[:, None]).astype(np.float32)
+    reference = ((feats_value - mean_value) * istd_value * mask[:, :, None]).transpose(0, 2, 1)[:, None]
+    assert fused.shape == (4, 1, 7, 150)
+    np.testing.assert_allclose(fused, reference, rtol=1e-6, atol=1e-6)
+    assert not fused[0].any() and not fused[2, :, :, 64:].any()
+
+
 @pytest.mark.parametrize("masked", [True, False])
 def test_batch_norm_clip_matches_paddle(ops, masked):
     """clip(norm(x)) then the padding mask, Paddle's ops against ours: output, gradients of x,

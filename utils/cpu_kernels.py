@@ -6,8 +6,9 @@ Paddle's CPU kernels leave much of a 2-core CPU idle in a DeepSpeech2 step (READ
 - convolutions (csrc/conv.cc): Paddle's conv2d unfolds each image on one thread; ours unfolds
   and multiplies the batch's images on all OpenMP threads;
 - normalizations (csrc/norm.cc): the layer norm after the recurrent layers (Paddle's backward
-  takes 8 ms a step) and each convolution block's batch norm, clip and padding mask in one op
-  (five of Paddle's, about 24 ms a step);
+  takes 8 ms a step), each convolution block's batch norm, clip and padding mask in one op
+  (five of Paddle's, about 24 ms a step), and the features' normalization, mask and transpose
+  (five of Paddle's, 3.1 ms a step of the peer config);
 - thread placement (csrc/threads.cc): pins each OpenMP thread of the pool MKL and these kernels
   share to a core (utils/placement.py says when and why).
 The compute kernels read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D /
@@ -146,6 +147,13 @@ def batch_norm_clip(norm: nn.BatchNorm2D, clip: nn.Hardtanh, x: paddle.Tensor,
         norm._mean.set_value(norm._mean * momentum + mean * (1.0 - momentum))
         norm._variance.set_value(norm._variance * momentum + variance * (1.0 - momentum))
     return out
+
+
+def normalize_features(feats: paddle.Tensor, feat_lens: paddle.Tensor, mean: paddle.Tensor,
+                       istd: paddle.Tensor) -> paddle.Tensor:
+    """feats [B, T, D] -> [B, 1, D, T]: (feats - mean) * istd on frames t < feat_lens[b], 0 after,
+    transposed for the convolutions (no gradient: the features are inputs)."""
+    return load_ops().ds2_normalize_features(feats, mean, istd, feat_lens.astype("int32"))
 
 
 def layer_norm(norm: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:

@@ -73,9 +73,12 @@ class DeepSpeech2(nn.Layer):
     def forward(self, feats: paddle.Tensor, feat_lens: paddle.Tensor):
         """feats [B, T, D], feat_lens [B] int64 -> logits [B, T', V], out_lens [B]."""
         fused = self.cpu_kernels and paddle.in_dynamic_mode()  # exports trace Paddle's kernels
-        mask = _time_mask(feat_lens, feats.shape[1])  # [B, T]
-        x = (feats - self.feat_mean) * self.feat_istd * mask.unsqueeze(2)  # [B, T, D], padding = 0
-        x = x.transpose([0, 2, 1]).unsqueeze(1)  # [B, 1, D, T]
+        if fused:  # the same in one op
+            x = cpu_kernels.normalize_features(feats, feat_lens, self.feat_mean, self.feat_istd)
+        else:
+            mask = _time_mask(feat_lens, feats.shape[1])  # [B, T]
+            x = (feats - self.feat_mean) * self.feat_istd * mask.unsqueeze(2)  # [B, T, D], padding = 0
+            x = x.transpose([0, 2, 1]).unsqueeze(1)  # [B, 1, D, T]
         lens = feat_lens
         last = len(self.convs) - 1
         for index, (block, kernel, stride) in enumerate(zip(self.convs, self.cfg.conv_kernels,
