@@ -292,8 +292,8 @@ std::vector<paddle::DataType> BatchNormTypes(const paddle::DataType& x, const pa
 // ------------------------------------------------------------------------- feature normalizer
 // The model's first step: feats [B, T, D] -> x [B, 1, D, T] = (feats - mean) * istd on frames
 // t < lens[b], 0 on the padding, transposed for the convolutions. Paddle's five ops for it
-// (subtract, multiply, mask, multiply, transpose) take 3.1 ms on [16, 300, 80], this 0.55. No gradient: the
-// features and the normalizer's statistics are constants.
+// (subtract, multiply, mask, multiply, transpose) take 3.1 ms on [16, 300, 80], this op 0.55.
+// No gradient: the features and the normalizer's statistics are constants.
 constexpr int64_t kFrameBlock = 64;  // frames transposed at a time: [64, D] in, [D, 64] out, in L1
 
 std::vector<paddle::Tensor> NormalizeFeatures(const paddle::Tensor& feats, const paddle::Tensor& mean,
