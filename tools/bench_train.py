@@ -29,8 +29,8 @@ process:
     bare step's CPU: on saturated cores 1 + that share is the pipeline ratio to expect;
   - cpu_kernels: the bare step with Paddle's CPU kernels and with ours (utils/cpu_kernels.py),
     alternating passes, for the demo and the peer-equivalent config;
-  - strided_views: the same with Paddle's strided views from transpose on and off
-    (FLAGS_use_stride_kernel, off by utils/__init__.py);
+  - strided_views: the bare step with Paddle's strided views from transpose on and off
+    (FLAGS_use_stride_kernel, off by utils/__init__.py), with our kernels and with Paddle's;
   - levers, each as a (loader pass, bare pass) pair after an unmeasured pass of the fresh loader:
     num_workers 0/1/2, thread placement off (utils/placement.py: OpenMP threads pinned, workers
     at idle priority on the other cores), workers at normal priority, the loader started afresh
@@ -446,8 +446,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     # the lever ran before roof_after existed: its roof fractions, like the others, on the merged roof
     report["cpu_kernels"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
                              if key.endswith("_roof_fraction") else value for key, value in kernels.items()}
-    report["strided_views"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
-                               if key.endswith("_roof_fraction") else value for key, value in views.items()}
+    report["strided_views"] = views
     if levers:
         report["levers"] = lever_figures
     durations = run.train_set.durations
@@ -558,24 +557,29 @@ def kernels_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
 
 def strided_views_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
     """The bare step with Paddle's strided views from transpose (FLAGS_use_stride_kernel, which
-    utils/__init__.py turns off) and without, two passes each in the order on, off, off, on."""
+    utils/__init__.py turns off) and without, two passes each in the order on, off, off, on, with
+    the kernels train.py chose and with Paddle's (where the features' transpose is Paddle's)."""
     import paddle
 
-    chosen = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
-    passes = {False: [], True: []}
+    chosen_views = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    chosen_kernels = run.model.cpu_kernels
+    report = {"chosen": "on" if chosen_views else "off"}
     try:
-        for views in (True, False, False, True):
-            log(f"  bare pass with strided views {'on' if views else 'off'}")
-            paddle.set_flags({"FLAGS_use_stride_kernel": views})
-            passes[views].append(run_pass(run, bare_batches))
+        for kernels in sorted({chosen_kernels, False}, reverse=True):
+            run.model.cpu_kernels = kernels
+            name = "our_kernels" if kernels else "paddle_kernels"
+            passes = {False: [], True: []}
+            for views in (True, False, False, True):
+                log(f"  bare pass with {name.replace('_', ' ')}, strided views {'on' if views else 'off'}")
+                paddle.set_flags({"FLAGS_use_stride_kernel": views})
+                passes[views].append(run_pass(run, bare_batches))
+            rates = {views: pass_figures(passes[views], flops, roof)["audio_s_per_s"]["median"] for views in passes}
+            report[name] = {"views_on_audio_s_per_s": rates[True], "views_off_audio_s_per_s": rates[False],
+                            "speedup_without_views": ratio(rates[False], rates[True])}
     finally:
-        paddle.set_flags({"FLAGS_use_stride_kernel": chosen})
-    figures = {name: pass_figures(passes[views], flops, roof) for name, views in (("off", False), ("on", True))}
-    return {"chosen": "on" if chosen else "off",
-            **{f"views_{name}_audio_s_per_s": figures[name]["audio_s_per_s"]["median"] for name in figures},
-            **{f"views_{name}_roof_fraction": figures[name]["roof_fraction"] for name in figures},
-            "speedup_without_views": ratio(figures["off"]["audio_s_per_s"]["median"],
-                                           figures["on"]["audio_s_per_s"]["median"])}
+        paddle.set_flags({"FLAGS_use_stride_kernel": chosen_views})
+        run.model.cpu_kernels = chosen_kernels
+    return report
 
 
 class CachedSamples:

@@ -45,10 +45,11 @@ _os.environ.setdefault("OMP_NUM_THREADS", str(_default_threads()))
 # Paddle's Intel OpenMP threads spin 200 ms waiting for work; after 1 ms they sleep and leave the
 # core to a loader worker (utils/placement.py). The step itself runs as fast (make bench).
 _os.environ.setdefault("KMP_BLOCKTIME", "1")
-# Paddle 3 returns a strided view from transpose; the next op that needs dense memory (the model's
-# first convolution reads [B, 1, D, T] from the features' [B, T, D]) then goes through Paddle's
-# element-by-element strided copy: 5.7 ms for a [16, 300, 80] batch, against 0.66 for its transpose
-# kernel. Peer-config step 93-95 -> 88 ms (make bench: the `strided_views` lever).
+# Paddle 3 returns a strided view from transpose; the next op that needs dense memory then goes
+# through Paddle's element-by-element strided copy: 5.7 ms for the features' [16, 300, 80] batch
+# turned [B, 1, D, T] for the convolutions, against 0.66 for its transpose kernel. With Paddle's CPU
+# kernels the peer config's step takes 156-161 ms instead of 170-171; ours transpose the features
+# in their own op (make bench: the `strided_views` lever).
 _os.environ.setdefault("FLAGS_use_stride_kernel", "0")
 
 import warnings as _warnings
