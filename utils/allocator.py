@@ -1,14 +1,16 @@
 """glibc malloc settings for the training process: freed tensors' memory is kept for the next step.
 
 glibc serves a block above its mmap threshold (128 KB at start, raised up to 32 MB as such blocks
-are freed) with fresh pages from the kernel and unmaps them on free, and it returns the top of its
-heap to the kernel past 128 KB free. Paddle's CPU tensors are such blocks, so each training step
-faults its activations and gradients in again, zeroed by the kernel: 1,800-3,900 minor page faults
-and 5-9 ms of kernel time in a 96 ms step of the peer config (2 cores).
+are freed) with fresh pages from the kernel and unmaps them on free, and it returns its heap's free
+top to the kernel past twice that threshold. Paddle's CPU tensors are such blocks, so a training
+step can fault its activations and gradients in again, zeroed by the kernel: in a script that
+repeats one [16, 300, 80] step of the peer config, 1,600-3,900 minor page faults and 3-9 ms of
+kernel time a 96 ms step.
 
 keep_freed_memory() makes glibc serve blocks up to 32 MB from its heap (and the per-thread heaps of
-OpenMP threads) and never trim them, so a step reuses the pages of the step before: 0-300 faults, and
-the step 2.5-3.5 ms faster in the same measurement (make bench: `peer_equivalent_freed_memory_returned`).
+OpenMP threads) and never trim them, so a step reuses the pages of the step before: 0-400 faults
+there, and the step 2.5-3.5 ms faster. With make bench's batches, whose lengths vary, glibc's own
+threshold often settles (1-2,500 faults a step without this; `peer_equivalent_freed_memory_returned`).
 The price: the process keeps its peak heap, which the next step would fault in again anyway.
 Setting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or MALLOC_TOP_PAD_ in the environment, or
 train.keep_freed_memory=false, leaves glibc as it is.
