@@ -5,6 +5,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # a step's worth of tensors: eight 4 MB blocks allocated, written and freed together, 20 times. With
@@ -40,10 +42,11 @@ def run(setting: str, env: dict | None = None) -> tuple[int, str]:
 
 
 def test_freed_memory_is_reused_without_page_faults():
+    if run("off")[0] < 20 * 8 * 1000:  # here (Debian 12, glibc 2.36): 163,200
+        pytest.skip("glibc's defaults kept the freed pages here too: nothing to compare against")
     faults, note = run("on")
     assert "freed memory kept" in note
     assert faults < 500  # the blocks reuse the same pages: 20 x 8 x 1,024 faults when they come back fresh
-    assert run("off")[0] > 20 * 8 * 1000  # the test's premise: glibc's defaults fault them in every round
 
 
 def test_off_and_environment_leave_glibc_alone():
