@@ -182,8 +182,9 @@ void Fold(const float* __restrict col, const ConvShape& s, Span channels, float*
 
 // The forward pass unfolds a band of output rows at a time, the band's columns about this many
 // bytes, so that they stay in the core's L2 cache between the unfold and the product (a whole
-// image's columns: 3.4 MB for the demo's second convolution). With the phase split of Unfold:
-// forward 5.2 -> 4.3 ms on the demo's second convolution, 4.1-4.4 -> 3.3-3.5 on the peer config's.
+// image's columns: 3.4 MB for the demo's second convolution). Banding, with a row-by-row phase
+// split then: forward 5.2 -> 4.3 ms on the demo's second convolution, 4.1-4.4 -> 3.3-3.5 on the
+// peer config's; splitting once per channel since: 3.6 -> 3.0 on the peer config's.
 constexpr int64_t kBandBytes = int64_t{512} << 10;
 
 int64_t BandRows(const ConvShape& s) {

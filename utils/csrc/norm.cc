@@ -313,8 +313,9 @@ std::vector<paddle::Tensor> NormalizeFeatures(const paddle::Tensor& feats, const
   const float* scale = istd.data<float>();
   const int* len = lens.data<int>();
   float* x = out.data<float>();
-  const int64_t blocks = (steps + kFrameBlock - 1) / kFrameBlock;
-#pragma omp parallel for schedule(static) num_threads(Threads(batch * blocks * kFrameBlock))
+  const int64_t blocks = (steps + kFrameBlock - 1) / kFrameBlock;  // jobs: (row, block of frames)
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), batch * blocks)));
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t job = 0; job < batch * blocks; ++job) {
     const int64_t b = job / blocks, t0 = job % blocks * kFrameBlock, t1 = std::min(steps, t0 + kFrameBlock);
     const int64_t real = std::clamp<int64_t>(len[b], t0, t1);  // frames [t0, real) are real
