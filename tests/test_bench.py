@@ -106,10 +106,12 @@ def test_bench_train_keys(report):
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
     kernels = demo["cpu_kernels"]  # the lever on and off: ours (utils/cpu_kernels.py) and Paddle's
     assert kernels["used"] and kernels["ours_audio_s_per_s"] > 0 and kernels["paddle_audio_s_per_s"] > 0
+    other = demo["other_loader"]  # data.loader: Paddle's DataLoader against our slots (utils/batch_workers.py)
+    assert not other["used"] if workers == 0 else other["loader"] == "paddle" and other["pipeline_ratio"] > 0
     assert {"subset", "full_corpus"} <= set(demo["padding_waste"])
     assert {"lines_200", "lines_2000", "growth_mb", "manifest_growth_mb"} <= set(train["memory"])
     assert train["memory"]["lines_2000"]["maxrss_mb"] > 0
-    assert "with_loader" in train["peer_equivalent"]
+    assert "with_loader" in train["peer_equivalent"] and "other_loader" in train["peer_equivalent"]
     tuned = train["peer_equivalent_mkl_stock_1_thread"]
     assert tuned["thread_settings"]["OMP_NUM_THREADS"] == "1" and "with_loader" in tuned
     assert {"mkl_stock_threads_1", "mkl_5_threads_1", "mkl_stock_threads_2", "mkl_5_threads_2",

@@ -139,6 +139,8 @@ def test_the_run_sampler_goes_on_through_the_following_epochs():
 
 
 def test_a_niced_run_long_worker_yields_the_in_process_batches(spoken_corpus):
+    """Our loader's worker (utils/batch_workers.py), placed or not, Paddle's DataLoader's, and this
+    process all make the same batches, across epochs."""
     utterances = read_manifest(spoken_corpus / "manifest.train")
     vocabulary = Vocabulary.load(spoken_corpus / "vocabulary.txt")
     noise_manifest = spoken_corpus / "manifest.noise"
@@ -156,6 +158,11 @@ def test_a_niced_run_long_worker_yields_the_in_process_batches(spoken_corpus):
                for batch in from_worker[:4] for ours, theirs in zip(batch, next(placed)))
     placed.close()
     sampler.set_epoch(1, 2)
+    paddles = run_batches(dataset, sampler, 1, loader="paddle")  # paddle.io.DataLoader's worker
+    assert all(np.array_equal(np.asarray(ours), np.asarray(theirs))
+               for batch in from_worker[:4] for ours, theirs in zip(batch, next(paddles)))
+    paddles.close()
+    sampler.set_epoch(1, 2)
     in_process = run_batches(dataset, sampler, 0)
     per_epoch = []  # a loader iterated afresh each epoch, in this process
     for epoch, start_batch in ((1, 2), (2, 0), (3, 0)):
@@ -167,6 +174,8 @@ def test_a_niced_run_long_worker_yields_the_in_process_batches(spoken_corpus):
             np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
             np.testing.assert_array_equal(np.asarray(ours), np.asarray(workers))
     in_process.close()
+    with pytest.raises(ValueError, match="data.loader must be one of slots, paddle, not 'fast'"):
+        run_batches(dataset, sampler, 1, loader="fast")
 
 
 # ----------------------------------------------------------------------------- one-utterance overfit

@@ -423,6 +423,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
                  for i in range(spec["repeats"])]
         kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
         views = strided_views_lever(run, bare_batches, flops, roof_before["roof_gflops"])
+        other_loader = other_loader_lever(run, cfg, bare_batches, flops, roof_before["roof_gflops"])
         lever_figures = loader_levers(run, cfg, spec, bare_batches, flops, roof_before["roof_gflops"]) \
             if levers else None
     finally:
@@ -447,6 +448,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     report["cpu_kernels"] = {key: rounded(value * roof_before["roof_gflops"] / roof["roof_gflops"])
                              if key.endswith("_roof_fraction") else value for key, value in kernels.items()}
     report["strided_views"] = views
+    report["other_loader"] = other_loader
     if levers:
         report["levers"] = lever_figures
     durations = run.train_set.durations
@@ -534,6 +536,24 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
 
 
 CACHED_PAIRS = 3
+OTHER_LOADER_PAIRS = 2
+
+
+def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float) -> dict:
+    """The config's loader pairs against the other loader's (data.loader: our slots or Paddle's
+    DataLoader, utils/batch_workers.py), after an unmeasured pass, on the same batches."""
+    from utils.data import LOADERS
+
+    if cfg.data.num_workers <= 0:
+        return {"used": False, "why": "data.num_workers=0: this process makes the batches with either loader"}
+    other = next(name for name in LOADERS if name != cfg.data.loader)
+    loader = run_loader(run, cfg, loader=other)
+    log(f"  data.loader={other}: an unmeasured pass first")
+    run_pass(run, loader)
+    pairs = [pair(run, loader, bare_batches, f"data.loader={other} {i + 1}", bare_first=i % 2 == 1)
+             for i in range(OTHER_LOADER_PAIRS)]
+    loader.close()
+    return {"used": True, "loader": other, **_lever_summary(pairs_figures(pairs, flops, roof))}
 
 
 def kernels_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
@@ -596,14 +616,15 @@ class CachedSamples:
 
 
 def run_loader(run, cfg, num_workers: int | None = None, niced: bool = True, dataset=None,
-               epoch: int = MEASURED_EPOCH, placed: bool = True):
+               epoch: int = MEASURED_EPOCH, placed: bool = True, loader: str | None = None):
     """train.py's run-long batch iterator, repeating `epoch` at every pass."""
     from utils.data import run_batches
 
     run.sampler.set_epoch(epoch, 0)
     return run_batches(dataset or run.train_set, run.sampler,
                        cfg.data.num_workers if num_workers is None else num_workers, niced,
-                       epochs=itertools.repeat(epoch), worker_cores=run.placement.worker_cores if placed else None)
+                       epochs=itertools.repeat(epoch), worker_cores=run.placement.worker_cores if placed else None,
+                       loader=loader or cfg.data.loader)
 
 
 def _lever_summary(figures: dict) -> dict:

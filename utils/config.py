@@ -36,6 +36,8 @@ class DataConfig:
     min_duration: float = _key(0.5, "shortest utterance kept, seconds")
     max_duration: float = _key(20.0, "longest utterance kept, seconds")
     num_workers: int = _key(2, "worker processes for features (create_data and the training loader)")
+    loader: str = _key("slots", "training loader: slots (our workers pad batches into reused shared memory) "
+                                "or paddle (paddle.io.DataLoader)")
 
 
 @dataclass

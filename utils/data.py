@@ -1,7 +1,8 @@
 """Training data: a manifest-backed dataset, a SortaGrad bucketing batch sampler, padding collate.
 
-Features are computed inside DataLoader workers by numpy or our C++ front end (no Paddle ops
-there: forked workers that touch Paddle's OpenMP pool can deadlock). A sample is addressed by the key
+Features are computed inside loader workers (utils/batch_workers.py, or Paddle's DataLoader's) by
+numpy or our C++ front end (no Paddle ops there: forked workers that touch Paddle's OpenMP pool can
+deadlock). A sample is addressed by the key
 `epoch * num_utterances + index`, so its augmentation is seeded by (seed, epoch, index)
 and does not depend on which worker computes it: a resumed run sees identical batches.
 """
@@ -14,14 +15,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import paddle
 
-from utils import feature_kernels, placement
+from utils import batch_workers, feature_kernels, placement
 from utils.augment import Augmentation
 from utils.audio import load_audio
-from utils.features import compute_features
+from utils.features import compute_features, feature_dim, num_frames
 from utils.manifest import Utterance, UtteranceTable
 from utils.text import Vocabulary
 
 DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
+LOADERS = ("slots", "paddle")  # data.loader: utils/batch_workers.py, or paddle.io.DataLoader
 
 
 class SpeechDataset(paddle.io.Dataset):
@@ -63,14 +65,21 @@ class SpeechDataset(paddle.io.Dataset):
         return np.array([u.duration for u in self.utterances], dtype=np.float64)
 
 
-def collate(batch: list) -> tuple[np.ndarray, ...]:
-    """Pad only: feats [B, T, D], feat_lens [B], labels [B, L] (0-padded), label_lens [B], indices [B]."""
+def collate(batch: list, buffer=None) -> tuple[np.ndarray, ...]:
+    """Pad only: feats [B, T, D] (in `buffer`, a writable buffer, where it fits), feat_lens [B],
+    labels [B, L] (0-padded), label_lens [B], indices [B]."""
     feat_lens = np.array([len(f) for f, _, _ in batch], dtype=np.int64)
     label_lens = np.array([len(lab) for _, lab, _ in batch], dtype=np.int64)
-    feats = np.zeros((len(batch), feat_lens.max(), batch[0][0].shape[1]), dtype=np.float32)
+    shape = (len(batch), int(feat_lens.max()), batch[0][0].shape[1])
+    count = shape[0] * shape[1] * shape[2]
+    if buffer is not None and count * 4 <= len(buffer):
+        feats = np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
+    else:
+        feats = np.empty(shape, dtype=np.float32)
     labels = np.zeros((len(batch), max(1, label_lens.max())), dtype=np.int32)
     for row, (feat, label, _) in enumerate(batch):
         feats[row, :len(feat)] = feat
+        feats[row, len(feat):] = 0.0  # a reused buffer holds an earlier batch's values
         labels[row, :len(label)] = label
     indices = np.array([i for _, _, i in batch], dtype=np.int64)
     return feats, feat_lens, labels, label_lens, indices
@@ -177,12 +186,32 @@ def make_loader(dataset: SpeechDataset, sampler: paddle.io.Sampler, num_workers:
 
 
 def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int, niced: bool = True,
-                epochs: Iterable[int] | None = None, worker_cores: list[int] | None = None):
+                epochs: Iterable[int] | None = None, worker_cores: list[int] | None = None, loader: str = "slots"):
     """A generator of the batches of every epoch from the sampler's set_epoch position on (see
-    RunSampler); the training loop takes len(sampler) batches from it per epoch. close() stops
-    the workers: Paddle's iterator stops them only at its end, never reached here, or when
-    garbage-collected, which its own reader thread prevents."""
-    return _close_at_end(make_loader(dataset, RunSampler(sampler, epochs), num_workers, niced, worker_cores))
+    RunSampler); the training loop takes len(sampler) batches from it per epoch. `loader` (data.loader):
+    "slots", our workers (utils/batch_workers.py), or "paddle", paddle.io.DataLoader's; with
+    num_workers 0 this process makes the batches either way. close() stops the workers (Paddle's
+    iterator stops them only at its end, never reached here, or when garbage-collected, which its
+    own reader thread prevents)."""
+    if loader not in LOADERS:
+        raise ValueError(f"data.loader must be one of {', '.join(LOADERS)}, not '{loader}'")
+    batch_keys = RunSampler(sampler, epochs)
+    if loader == "slots" and num_workers > 0:
+        size = batch_workers.slot_bytes(sampler.batch_size, _longest_frames(dataset),
+                                        feature_dim(dataset.feature_method, dataset.sample_rate, dataset.n_mels))
+        return batch_workers.worker_batches(functools.partial(_make_batch, dataset), batch_keys, num_workers, size,
+                                            niced, worker_cores)
+    return _close_at_end(make_loader(dataset, batch_keys, num_workers, niced, worker_cores))
+
+
+def _longest_frames(dataset: SpeechDataset) -> int:
+    durations = dataset.durations
+    longest = float(durations.max()) if len(durations) else 0.0
+    return num_frames(int(longest * dataset.sample_rate), dataset.feature_method, dataset.sample_rate)
+
+
+def _make_batch(dataset: SpeechDataset, keys: list[int], buffer) -> tuple[np.ndarray, ...]:
+    return collate([dataset[key] for key in keys], buffer)
 
 
 def _close_at_end(loader: paddle.io.DataLoader):

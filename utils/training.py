@@ -319,7 +319,7 @@ def _run_epoch(run: _Run) -> bool:
     num_batches = len(run.sampler)
     if run.batches is None:  # from here on it goes on through the following epochs by itself
         run.batches = run_batches(run.train_set, run.sampler, 0 if t.deterministic else run.cfg.data.num_workers,
-                                  worker_cores=run.placement.worker_cores)
+                                  worker_cores=run.placement.worker_cores, loader=run.cfg.data.loader)
     run.epoch_padding = []  # padded frames / real frames of each batch, reported at the epoch's end
     losses, timing = [], dict.fromkeys(("reader", "batch", "utts", "audio", "padding", "batches"), 0.0)
     frame_seconds = 0.01

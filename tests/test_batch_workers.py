@@ -1,0 +1,138 @@
+"""utils/batch_workers.py: forked loader workers padding batches into reused shared-memory slots."""
+import mmap
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils import batch_workers
+from utils.batch_workers import LoaderWorkerError, worker_batches
+from utils.data import collate
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 3
+
+
+def sample(key: int):
+    """A made-up sample: feats [1 + key % 7, DIM] full of key, labels [key % 4], index key."""
+    return np.full((1 + key % 7, DIM), key, dtype=np.float32), np.arange(key % 4, dtype=np.int32), key
+
+
+def make_batch(keys, buffer):
+    if -1 in keys:
+        raise ValueError("key -1 is made up to fail")
+    if -9 in keys:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return collate([sample(key) for key in keys], buffer)
+
+
+BATCH_KEYS = [[3, 1, 6], [12, 2], [0], [4, 5, 13, 20], [7], [8, 9], [10, 11, 19]]
+
+
+def assert_batches_equal(batches, batch_keys):
+    batches = list(batches)
+    assert len(batches) == len(batch_keys)
+    for batch, keys in zip(batches, batch_keys):
+        expected = collate([sample(key) for key in keys])
+        assert len(batch) == len(expected)
+        for tensor, array in zip(batch, expected):
+            np.testing.assert_array_equal(tensor.numpy(), array)
+            assert tensor.numpy().dtype == array.dtype
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_workers_yield_the_in_process_batches_in_order_and_end_with_the_keys(num_workers):
+    slot = batch_workers.slot_bytes(4, 7, DIM)
+    assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS), num_workers, slot), BATCH_KEYS)
+
+
+def test_fewer_batches_than_slots_and_no_batches_end_cleanly():
+    assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS[:3]), 2, mmap.PAGESIZE), BATCH_KEYS[:3])
+    assert list(worker_batches(make_batch, iter([]), 2, mmap.PAGESIZE)) == []
+
+
+def test_a_reused_slot_is_padded_with_zeros_not_the_last_batch():
+    keys = [[6, 6], [0, 6], [6, 6], [6, 0]]  # long rows, then a short one in the same slot
+    assert_batches_equal(worker_batches(make_batch, iter(keys), 1, batch_workers.slot_bytes(2, 7, DIM)), keys)
+
+
+def test_arrays_without_room_in_the_slot_go_through_the_pipe():
+    tiny = 64  # not even the first batch's feats fit
+    assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS), 2, tiny), BATCH_KEYS)
+    feats_only = 4 * 7 * DIM * 4  # the feats fit, the small arrays after them do not
+    assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS), 1, feats_only), BATCH_KEYS)
+
+
+def test_pack_places_arrays_after_the_first_on_aligned_offsets():
+    slot = mmap.mmap(-1, 4096)
+    address = np.frombuffer(slot, dtype=np.uint8, count=1).ctypes.data
+    arrays = collate([sample(5), sample(2)], slot)
+    layout, spilled = batch_workers._pack(list(arrays), slot, address)
+    assert spilled == [] and layout[0] == (0, "<f4", (2, 6, DIM))
+    assert all(offset % batch_workers.SLOT_ALIGNMENT == 0 for offset, _, _ in layout)
+    for unpacked, array in zip(batch_workers._unpack(layout, spilled, slot), arrays):
+        np.testing.assert_array_equal(unpacked, array)
+
+
+def test_a_failing_sample_names_the_keys_and_the_error():
+    batches = worker_batches(make_batch, iter([[1, 2], [3, -1], [4]]), 1, mmap.PAGESIZE)
+    next(batches)
+    with pytest.raises(LoaderWorkerError, match=r"(?s)keys \[3, -1\].*ValueError: key -1 is made up to fail"):
+        next(batches)
+
+
+def test_a_killed_worker_is_reported_not_waited_for():
+    batches = worker_batches(make_batch, iter([[1], [-9], [2]]), 1, mmap.PAGESIZE)
+    next(batches)
+    with pytest.raises(LoaderWorkerError, match=r"died \(signal SIGKILL\) making the batch of dataset keys \[-9\]"):
+        next(batches)
+
+
+def test_close_stops_the_workers():
+    batches = worker_batches(make_batch, iter(BATCH_KEYS * 100), 2, mmap.PAGESIZE)
+    next(batches)
+    children = {child.pid for child in multiprocessing.active_children()}
+    assert len(children) >= 2
+    batches.close()
+    assert not children & {child.pid for child in multiprocessing.active_children()}
+    assert not any(_alive(pid) for pid in children)
+
+
+TRAINER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    from utils.batch_workers import worker_batches
+    def make_batch(keys, buffer):
+        return [np.zeros((len(keys), 2), dtype=np.float32)]
+    batches = worker_batches(make_batch, iter([[0]] * 1000), 1, 4096)
+    next(batches)
+    import multiprocessing
+    print(multiprocessing.active_children()[0].pid, flush=True)
+    os._exit(0)  # killed: no close(), no interpreter shutdown
+""")
+
+
+def test_workers_die_with_a_killed_trainer():
+    done = subprocess.run([sys.executable, "-c", TRAINER, str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    worker = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

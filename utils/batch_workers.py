@@ -1,0 +1,226 @@
+"""Loader workers: forked processes that pad each training batch into a shared-memory slot.
+
+Paddle's DataLoader hands a worker's batch to the trainer in shared memory made afresh for every
+tensor (a file created, mapped, written, mapped again in the trainer and unmapped: about 300 page
+faults a batch in the worker alone), through a queue with a feeder thread in the worker and a
+reader thread in the trainer. On a machine whose cores the step fills, that work runs between the
+step's threads and slows them: make bench's peer-equivalent config (2 cores) measured its pipeline
+ratio at 1.08 with Paddle's DataLoader and 1.04 with this module (README, "Benchmarks";
+data.loader=paddle brings Paddle's back).
+
+Here each worker owns SLOTS_PER_WORKER slots of anonymous shared memory, mapped before the fork
+and reused batch after batch: no page faults once each slot has held a batch. A worker pads a batch's
+features straight into a slot and copies the small arrays (lengths, labels, indices) after them;
+the pipe carries only where they lie. The trainer copies them out into Paddle tensors and hands the
+slot back with the keys of a later batch. An array without room in its slot (a batch longer than
+the manifest's longest at sizing time) goes through the pipe instead: slower, never wrong.
+
+Workers run numpy and our C++ front end only (no Paddle ops: a forked process that touches Paddle's
+OpenMP pool can deadlock), ignore Ctrl-C (the trainer stops them), and die with the trainer.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import mmap
+import multiprocessing
+import os
+import select
+import signal
+import traceback
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+
+import numpy as np
+import paddle
+
+from utils import placement
+
+SLOTS_PER_WORKER = 2           # batches in flight per worker, as Paddle's prefetch_factor
+SLOT_HEADROOM = 1.25           # slots hold batches 25 % longer than the manifest's longest (speed perturbation)
+MAX_SLOT_BYTES = 512 << 20     # larger batches go through the pipe
+STOP_TIMEOUT_S = 5.0           # a worker not gone this long after the stop message is killed
+PR_SET_PDEATHSIG = 1           # prctl(2): a signal for this process when its parent dies
+
+SLOT_DTYPE = np.float32        # the first array of a batch, padded into a slot
+SLOT_ALIGNMENT = 64            # bytes: the other arrays follow it on cache-line boundaries
+SMALL_ARRAYS_BYTES = 64 << 10  # room for them: labels of 16 utterances x 1000 tokens
+
+
+class LoaderWorkerError(RuntimeError):
+    """A loader worker failed on a batch or died; the message says which and why."""
+
+
+def slot_bytes(batch_size: int, max_frames: int, feature_dim: int) -> int:
+    """Bytes of one slot: a [batch_size, max_frames * SLOT_HEADROOM, feature_dim] float32 batch and
+    SMALL_ARRAYS_BYTES for the rest, at most MAX_SLOT_BYTES."""
+    frames = int(max_frames * SLOT_HEADROOM) + 1
+    return min(MAX_SLOT_BYTES, batch_size * frames * feature_dim * np.dtype(SLOT_DTYPE).itemsize + SMALL_ARRAYS_BYTES)
+
+
+def worker_batches(make_batch: Callable, batch_keys: Iterable[list[int]], num_workers: int, slot_size: int,
+                   niced: bool = True, worker_cores: list[int] | None = None):
+    """A generator of batches as lists of Paddle tensors, one per list of keys from `batch_keys`, in order,
+    made by `num_workers` forked processes (batch j by worker j % num_workers), at idle priority on
+    worker_cores (placement.enter_worker) when niced. make_batch(keys, slot) -> numpy arrays, the first
+    (float32) padded into `slot`, a writable buffer, when it fits (data.collate).
+    close() stops the workers; so does the generator's end or garbage collection."""
+    context = multiprocessing.get_context("fork")
+    workers = []
+    try:
+        for worker_id in range(num_workers):
+            slots = [mmap.mmap(-1, slot_size) for _ in range(SLOTS_PER_WORKER)]
+            task_receiver, task_sender = context.Pipe(duplex=False)
+            result_receiver, result_sender = context.Pipe(duplex=False)
+            inherited = [end for worker in workers for end in (worker.tasks, worker.results)] + [
+                task_sender, result_receiver]
+            process = context.Process(
+                target=_worker_main, name=f"loader worker {worker_id}", daemon=True,
+                args=(make_batch, task_receiver, result_sender, slots, niced, worker_cores, inherited, os.getpid()))
+            process.start()
+            task_receiver.close()
+            result_sender.close()
+            workers.append(_Worker(worker_id, process, task_sender, result_receiver, slots))
+        yield from _batches_in_order(workers, batch_keys)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+class _Worker:
+    """The trainer's side of one worker: its process, pipes and slots, and which slots are in flight."""
+
+    def __init__(self, worker_id: int, process, tasks: Connection, results: Connection, slots: list[mmap.mmap]):
+        self.worker_id, self.process, self.tasks, self.results, self.slots = worker_id, process, tasks, results, slots
+        self.pending: list[tuple[int, list[int]]] = []  # (slot, keys) sent and not yet received, oldest first
+        self.poller = select.poll()  # a message, or the process's end
+        self.poller.register(results.fileno(), select.POLLIN)
+        self.poller.register(process.sentinel, select.POLLIN)
+
+    def send(self, slot: int, keys: list[int]) -> None:
+        self.tasks.send((slot, keys))
+        self.pending.append((slot, keys))
+
+    def receive(self) -> tuple:
+        """The oldest pending batch's message; LoaderWorkerError if the worker failed on it or died."""
+        slot, keys = self.pending.pop(0)
+        ready = dict(self.poller.poll())  # a message, or the worker's end
+        try:
+            message = self.results.recv() if self.results.fileno() in ready else None
+        except EOFError:  # ended after poll() saw the pipe
+            message = None
+        if message is None:
+            self.process.join(STOP_TIMEOUT_S)
+            raise LoaderWorkerError(f"loader worker {self.worker_id} (pid {self.process.pid}) died "
+                                    f"({_exit_reason(self.process.exitcode)}) making the batch of dataset keys "
+                                    f"{keys}; killed by the kernel's OOM killer, it shows as SIGKILL: lower "
+                                    f"data.num_workers or train.batch_size")
+        if message[0] == "error":
+            raise LoaderWorkerError(f"loader worker {self.worker_id} failed on the batch of dataset keys {keys}:\n"
+                                    f"{message[1]}")
+        return (slot, *message[1:])
+
+    def stop(self) -> None:
+        try:
+            self.tasks.send(None)
+        except OSError:  # already gone
+            pass
+        self.process.join(STOP_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.tasks.close()
+        self.results.close()
+
+
+def _batches_in_order(workers: list[_Worker], batch_keys: Iterable[list[int]]):
+    """Keeps SLOTS_PER_WORKER batches in flight per worker and yields them in the keys' order."""
+    batch_keys = iter(batch_keys)
+    for slot, worker in itertools.product(range(SLOTS_PER_WORKER), workers):
+        keys = next(batch_keys, None)
+        if keys is None:
+            break
+        worker.send(slot, list(keys))
+    for worker in itertools.cycle(workers):
+        if not worker.pending:
+            return  # the keys ran out: each later worker has no more batches either
+        slot, layout, spilled = worker.receive()
+        arrays = _unpack(layout, spilled, worker.slots[slot])
+        batch = [paddle.to_tensor(array) for array in arrays]  # copies: the slot is free again
+        del arrays
+        keys = next(batch_keys, None)
+        if keys is not None:
+            worker.send(slot, list(keys))
+        yield batch
+
+
+def _pack(arrays: list[np.ndarray], slot: mmap.mmap, slot_address: int) -> tuple[list, list]:
+    """(layout, spilled): the first array where make_batch padded it into the slot, the others copied
+    after it; layout [(offset, dtype, shape)] per array, offset -1 for those in `spilled` (no room)."""
+    layout, spilled, end = [], [], 0
+    for number, array in enumerate(arrays):
+        if number == 0 and array.ctypes.data == slot_address:
+            offset = 0
+        else:
+            offset = -(-end // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
+            if offset + array.nbytes <= len(slot):
+                np.frombuffer(slot, dtype=array.dtype, count=array.size, offset=offset).reshape(array.shape)[...] = array
+            else:
+                offset = -1
+                spilled.append(array)
+        layout.append((offset, array.dtype.str, array.shape))
+        end = offset + array.nbytes if offset >= 0 else end
+    return layout, spilled
+
+
+def _unpack(layout: list, spilled: list, slot: mmap.mmap) -> list[np.ndarray]:
+    """The arrays _pack described: views of the slot, or the spilled ones."""
+    spilled = iter(spilled)
+    return [next(spilled) if offset < 0 else
+            np.frombuffer(slot, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+            for offset, dtype, shape in layout]
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"signal {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+def _worker_main(make_batch: Callable, tasks: Connection, results: Connection, slots: list[mmap.mmap],
+                 niced: bool, worker_cores: list[int] | None, inherited: list[Connection], trainer_pid: int) -> None:
+    """A worker's loop: (slot, keys) in, ("batch", layout, spilled arrays) (see _pack) or ("error",
+    traceback) out, until the stop message or the trainer's end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer stops us
+    _die_with(trainer_pid)
+    for end in inherited:  # the trainer's ends: a worker holding them would not see the trainer go
+        end.close()
+    if niced:
+        placement.enter_worker(worker_cores)
+    slot_addresses = [np.frombuffer(slot, dtype=np.uint8, count=1).ctypes.data for slot in slots]
+    while True:
+        try:
+            task = tasks.recv()
+        except EOFError:  # the trainer is gone
+            return
+        if task is None:
+            return
+        slot, keys = task
+        try:
+            message = ("batch", *_pack(make_batch(keys, slots[slot]), slots[slot], slot_addresses[slot]))
+        except Exception:  # reported with the keys by the trainer, which stops
+            message = ("error", traceback.format_exc())
+        try:
+            results.send(message)
+        except OSError:  # the trainer is gone
+            return
+
+
+def _die_with(trainer_pid: int) -> None:
+    """SIGKILL for this process when the trainer dies (Linux), so no orphan keeps computing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the loop instead
+        return
+    if os.getppid() != trainer_pid:  # it died before prctl took effect
+        os._exit(0)
