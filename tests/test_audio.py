@@ -1,4 +1,4 @@
-"""load_audio: 16-bit PCM WAV through the wave module gives soundfile's values; the rest goes to soundfile."""
+"""load_audio: 16-bit PCM WAV parsed by read_pcm16_wav gives soundfile's values; the rest goes to soundfile."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,13 +18,27 @@ def soundfile_mono(path) -> np.ndarray:
     return samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
 
 
-@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("channels", [1, 2, 3])
 def test_pcm16_wav_reads_as_soundfile_reads_it(tmp_path, channels):
     path = tmp_path / f"pcm16_{channels}.wav"
     soundfile.write(str(path), noise(1601, channels), 16000, subtype="PCM_16")
     samples, rate = read_pcm16_wav(path)
     assert rate == 16000 and samples.shape == (1601, channels) and samples.dtype == np.float32
     assert np.array_equal(load_audio(path), soundfile_mono(path))
+
+
+def test_pcm16_wav_with_other_chunks_and_odd_sizes_reads_as_soundfile_reads_it(tmp_path):
+    plain = tmp_path / "plain.wav"
+    soundfile.write(str(plain), noise(801, 1), 16000, subtype="PCM_16")
+    data = plain.read_bytes()
+    fmt_end = 12 + 8 + int.from_bytes(data[16:20], "little")
+    odd = b"LIST" + (5).to_bytes(4, "little") + b"abcde" + b"\0"  # an odd size, padded to even
+    body = data[12:fmt_end] + odd + data[fmt_end:]
+    path = tmp_path / "chunks.wav"
+    path.write_bytes(b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body)
+    samples, rate = read_pcm16_wav(path)
+    assert rate == 16000 and np.array_equal(samples[:, 0], soundfile_mono(path))
+    assert np.array_equal(samples[:, 0], soundfile_mono(plain))
 
 
 @pytest.mark.parametrize("subtype", ["FLOAT", "PCM_24", "PCM_U8"])

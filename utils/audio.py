@@ -1,8 +1,8 @@
-"""Audio loading: any file soundfile reads (16-bit PCM WAV through the wave module, same values,
-three times faster), mixed to mono float32, resampled with soxr."""
+"""Audio loading: any file soundfile reads (16-bit PCM WAV parsed here, same values, several times
+faster), mixed to mono float32, resampled with soxr."""
 from __future__ import annotations
 
-import wave
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +33,43 @@ def audio_info(path: str | Path) -> tuple[int, int, float]:
 
 
 PCM16_SCALE = np.float32(1.0 / 32768)  # libsndfile's float scale for 16-bit PCM
+RIFF_HEADER_BYTES = 12   # "RIFF", size, "WAVE"
+CHUNK_HEADER_BYTES = 8   # id, size
+WAVE_FMT_BYTES = 16      # the PCM fmt chunk's fields
+WAVE_FORMAT_PCM = 1
 
 
 def read_pcm16_wav(path: str | Path) -> tuple[np.ndarray, int] | None:
-    """(samples [N, C] float32, rate) of a 16-bit PCM WAV file, with the same values soundfile
-    gives, through the standard library's wave module; None for any other file or on any error
-    (soundfile reads it then and reports). About 0.04 ms a 1.5 s file against soundfile's 0.13,
-    a tenth of a training sample's CPU."""
+    """(samples [N, C] float32, rate) of a 16-bit PCM WAV file, with the same values soundfile gives,
+    from the RIFF chunks read here; None for any other file or on any error (soundfile reads it then
+    and reports). 0.025 ms a 3 s clip against 0.14 through the wave module or soundfile; a training
+    sample's CPU is about 0.5 ms."""
     try:
-        with wave.open(str(path), "rb") as handle:
-            if handle.getsampwidth() != 2 or handle.getcomptype() != "NONE":
-                return None
-            channels, rate = handle.getnchannels(), handle.getframerate()
-            raw = handle.readframes(handle.getnframes())
-    except (wave.Error, EOFError, OSError):
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
         return None
-    frames = len(raw) // (2 * channels)  # a truncated last frame is left out, as soundfile does
-    pcm = np.frombuffer(raw, dtype="<i2", count=frames * channels).reshape(frames, channels)
-    return pcm.astype(np.float32) * PCM16_SCALE, rate
+    if len(data) < RIFF_HEADER_BYTES or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position, layout = RIFF_HEADER_BYTES, None
+    while position + CHUNK_HEADER_BYTES <= len(data):
+        chunk_id, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        body = position + CHUNK_HEADER_BYTES
+        if chunk_id == b"fmt ":
+            if size < WAVE_FMT_BYTES:
+                return None
+            layout = struct.unpack_from("<HHIIHH", data, body)  # tag, channels, rate, bytes/s, block, bits
+        elif chunk_id == b"data":
+            if layout is None or size == 0:  # soundfile says what is wrong
+                return None
+            tag, channels, rate, _, _, bits = layout
+            if tag != WAVE_FORMAT_PCM or bits != 16 or channels < 1:
+                return None
+            frames = (min(len(data), body + size) - body) // (2 * channels)  # a cut last frame is left out, as soundfile does
+            pcm = np.frombuffer(data, dtype="<i2", count=frames * channels, offset=body).reshape(frames, channels)
+            return np.multiply(pcm, PCM16_SCALE, dtype=np.float32), rate
+        position = body + size + (size & 1)  # chunks start on even offsets
+    return None
 
 
 def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:

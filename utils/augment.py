@@ -39,8 +39,9 @@ def speed_perturb(samples: np.ndarray, rng: np.random.Generator, min_rate: float
 
 def volume_perturb(samples: np.ndarray, rng: np.random.Generator, min_gain_db: float = -10.0,
                    max_gain_db: float = 6.0) -> np.ndarray:
-    gain = 10.0 ** (rng.uniform(min_gain_db, max_gain_db) / 20.0)
-    return np.clip(samples * gain, -1.0, 1.0).astype(np.float32)
+    gain = np.float32(10.0 ** (rng.uniform(min_gain_db, max_gain_db) / 20.0))
+    louder = np.multiply(samples, gain, dtype=np.float32)
+    return np.clip(louder, -1.0, 1.0, out=louder)
 
 
 def time_shift(samples: np.ndarray, rng: np.random.Generator, max_shift_ms: float = 50.0,
@@ -67,11 +68,19 @@ def add_noise(samples: np.ndarray, rng: np.random.Generator, noise_clips: list[n
         noise = np.tile(noise, len(samples) // len(noise) + 1)
     start = rng.integers(0, len(noise) - len(samples) + 1)
     noise = noise[start:start + len(samples)]
-    signal_power = float(np.mean(samples ** 2)) + 1e-10
-    noise_power = float(np.mean(noise ** 2)) + 1e-10
+    signal_power = _mean_square(samples) + 1e-10
+    noise_power = _mean_square(noise) + 1e-10
     snr_db = rng.uniform(min_snr_db, max_snr_db)
-    scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
-    return np.clip(samples + scale * noise, -1.0, 1.0).astype(np.float32)
+    scale = np.float32(np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0))))
+    mixed = np.multiply(noise, scale, dtype=np.float32)  # float32 throughout: a float64 scale would
+    mixed += samples                                     # make every pass float64 and twice as long
+    return np.clip(mixed, -1.0, 1.0, out=mixed)
+
+
+def _mean_square(samples: np.ndarray) -> float:
+    """mean(samples ** 2) as a float32 dot product (BLAS), without a squared copy."""
+    samples = samples.astype(np.float32, copy=False)
+    return float(np.dot(samples, samples)) / max(1, len(samples))
 
 
 def resample_perturb(samples: np.ndarray, rng: np.random.Generator, rates: tuple = (8000,),
@@ -88,16 +97,21 @@ def spec_augment(feats: np.ndarray, rng: np.random.Generator, freq_masks: int = 
     steps, dim = feats.shape
     if max_time_warp > 0 and steps > 2 * max_time_warp + 2:
         feats = _time_warp(feats, rng, max_time_warp)
-    fill = feats.mean()
-    for _ in range(freq_masks):
-        width = rng.integers(0, max_freq_width + 1)
-        start = rng.integers(0, max(1, dim - width + 1))
-        feats[:, start:start + width] = fill
-    max_width = int(steps * max_time_ratio)
-    for _ in range(time_masks):
-        width = rng.integers(0, max_width + 1)
-        start = rng.integers(0, max(1, steps - width + 1))
-        feats[start:start + width, :] = fill
+    # one draw for every mask (a generator call costs a microsecond or more, as much as a mask):
+    # per mask a width in [0, max], then a start in [0, size - width]
+    uniforms = iter(rng.random(2 * (freq_masks + time_masks)).tolist())
+    masks = [(1, dim, max_freq_width)] * freq_masks + [(0, steps, int(steps * max_time_ratio))] * time_masks
+    fill = None
+    for axis, size, max_width in masks:
+        width = int(next(uniforms) * (max_width + 1))
+        start = int(next(uniforms) * max(1, size - width + 1))
+        if width == 0:
+            continue
+        fill = feats.mean() if fill is None else fill
+        if axis == 1:
+            feats[:, start:start + width] = fill
+        else:
+            feats[start:start + width, :] = fill
     return feats
 
 
