@@ -105,6 +105,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_int, ctypes.c_float, _FLOATS]
     library.ds2_cubic_resample.restype = None
     library.ds2_cubic_resample.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int64]
+    library.ds2_fir_filter.restype = None
+    library.ds2_fir_filter.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int, _FLOATS]
     return library
 
 
@@ -142,4 +144,16 @@ def cubic_resample(samples: np.ndarray, new_length: int) -> np.ndarray | None:
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     out = np.empty(new_length, dtype=np.float32)
     library.ds2_cubic_resample(samples, len(samples), out, new_length)
+    return out
+
+
+def fir_filter(samples: np.ndarray, taps: np.ndarray) -> np.ndarray | None:
+    """samples [N] float32 filtered by symmetric `taps`, centred: np.convolve(samples, taps)[len(taps) // 2:][:N];
+    None where the library is not used."""
+    library = load()
+    if library is None:
+        return None
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    out = np.empty(len(samples), dtype=np.float32)
+    library.ds2_fir_filter(samples, len(samples), np.ascontiguousarray(taps, dtype=np.float32), len(taps), out)
     return out
