@@ -88,7 +88,7 @@ def resample_perturb(samples: np.ndarray, rng: np.random.Generator, rates: tuple
                      sample_rate: int = 16000) -> np.ndarray:
     """The band limit of a random lower rate (telephone or old recordings), as resampling down and
     back up would leave it: a linear-phase low-pass FIR filter whose stop band starts at the lower
-    rate's Nyquist frequency (lowpass_taps). Our C++ filter where it builds (0.15 ms a 3 s clip;
+    rate's Nyquist frequency (lowpass_taps). Our C++ filter where it builds (0.19 ms a 3 s clip;
     soxr down and up took 0.5 ms for 8 kHz, 1.2 for 11.025), else numpy's convolve: the same values."""
     low = int(rates[rng.integers(len(rates))])
     if low >= sample_rate:
