@@ -480,7 +480,7 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     same batches, and the loader with every sample computed beforehand (its own cost without the
     features)."""
     from utils import feature_kernels
-    from utils.data import SpeechDataset, make_loader
+    from utils.data import SpeechDataset
 
     levers = {}
     for workers in [w for w in spec["lever_workers"] if w != cfg.data.num_workers]:
@@ -498,9 +498,7 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
             loader = run_loader(run, cfg, niced=False, placed=False)
             figures = pairs_figures(lever_pair(run, loader, bare_batches, "worker not niced"), flops, roof)
         levers[f"worker_not_niced_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
-        # a DataLoader (not an iterator) starts its workers again at each pass's iter()
-        loader = make_loader(run.train_set, run.sampler, cfg.data.num_workers,
-                             worker_cores=run.placement.worker_cores)
+        loader = RestartedEachPass(run, cfg)
         figures = pairs_figures([pair(run, loader, bare_batches, "loader restarted each pass")], flops, roof)
         levers[f"loader_restarted_each_pass_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     if feature_kernels.load() is not None:  # the same batches through numpy's feature path
@@ -602,11 +600,34 @@ def strided_views_lever(run, bare_batches: list, flops: float, roof: float) -> d
     return report
 
 
+class RestartedEachPass:
+    """One epoch's batches per iter() from a loader started afresh, its workers forked each time:
+    what a loader not kept for the whole run would cost."""
+
+    def __init__(self, run, cfg):
+        self.run, self.cfg = run, cfg
+
+    def __iter__(self):
+        from utils.data import run_batches
+
+        self.run.sampler.set_epoch(MEASURED_EPOCH, 0)
+        batches = run_batches(self.run.train_set, self.run.sampler, self.cfg.data.num_workers, epochs=(),
+                              worker_cores=self.run.placement.worker_cores, loader=self.cfg.data.loader)
+        try:
+            yield from batches
+        finally:
+            batches.close()
+
+
 class CachedSamples:
     """dataset[key] -> the sample `dataset` made for key, computed once here (forked workers inherit it)."""
 
     def __init__(self, dataset, keys: list[int]):
         self.size, self.samples = len(dataset), {key: dataset[key] for key in keys}
+        self.dataset = dataset
+
+    def __getattr__(self, name: str):  # durations and feature settings (the loader sizes its slots by them)
+        return getattr(self.__dict__["dataset"], name)
 
     def __len__(self) -> int:
         return self.size
