@@ -4,9 +4,9 @@ Paddle's DataLoader hands a worker's batch to the trainer in shared memory made 
 tensor (a file created, mapped, written, mapped again in the trainer and unmapped: about 300 page
 faults a batch in the worker alone), through a queue with a feeder thread in the worker and a
 reader thread in the trainer. On a machine whose cores the step fills, that work runs between the
-step's threads and slows them: make bench's peer-equivalent config (2 cores) measured its pipeline
-ratio at 1.08 with Paddle's DataLoader and 1.04 with this module (README, "Benchmarks";
-data.loader=paddle brings Paddle's back).
+step's threads and slows them: scratch runs of make bench's peer-equivalent config (2 cores) put
+its pipeline ratio at 1.075-1.079 with Paddle's DataLoader and 1.05-1.06 with this module
+(README, "Benchmarks"; data.loader=paddle brings Paddle's back).
 
 Here each worker owns SLOTS_PER_WORKER slots of anonymous shared memory, mapped before the fork
 and reused batch after batch: no page faults once each slot has held a batch. A worker pads a batch's

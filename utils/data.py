@@ -2,9 +2,9 @@
 
 Features are computed inside loader workers (utils/batch_workers.py, or Paddle's DataLoader's) by
 numpy or our C++ front end (no Paddle ops there: forked workers that touch Paddle's OpenMP pool can
-deadlock). A sample is addressed by the key
-`epoch * num_utterances + index`, so its augmentation is seeded by (seed, epoch, index)
-and does not depend on which worker computes it: a resumed run sees identical batches.
+deadlock). A sample is addressed by the key `epoch * num_utterances + index`, so its augmentation
+is seeded by (seed, epoch, index) and does not depend on which worker computes it: a resumed run
+sees identical batches.
 """
 from __future__ import annotations
 
