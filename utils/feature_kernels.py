@@ -5,7 +5,7 @@ frames at a time in SIMD lanes), and takes the power, the mel filterbank and the
 (utils/features.py) makes a copy per step instead. A 3 s clip's fbank costs 0.19 ms against
 0.8 ms; tests/test_feature_kernels.py pins the two paths together. The speed perturbation's
 cubic resampler costs 0.07 ms a 2.5 s clip against 0.25 for soxr's quick one, which spends its
-time on set-up; the resample perturbation's FIR filter 0.19 ms a 3 s clip against 0.5 for numpy.
+time on set-up.
 
 In a training step's DataLoader worker this CPU is taken from the step's own threads on a machine
 they fill (README, "Benchmarks": pipeline ratio). The library links nothing but libc and libm and
@@ -105,8 +105,6 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_int, ctypes.c_float, _FLOATS]
     library.ds2_cubic_resample.restype = None
     library.ds2_cubic_resample.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int64]
-    library.ds2_fir_filter.restype = None
-    library.ds2_fir_filter.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int, _FLOATS]
     return library
 
 
@@ -144,16 +142,4 @@ def cubic_resample(samples: np.ndarray, new_length: int) -> np.ndarray | None:
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     out = np.empty(new_length, dtype=np.float32)
     library.ds2_cubic_resample(samples, len(samples), out, new_length)
-    return out
-
-
-def fir_filter(samples: np.ndarray, taps: np.ndarray) -> np.ndarray | None:
-    """samples [N] float32 filtered by symmetric `taps`, centred: np.convolve(samples, taps)[len(taps) // 2:][:N];
-    None where the library is not used."""
-    library = load()
-    if library is None:
-        return None
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
-    out = np.empty(len(samples), dtype=np.float32)
-    library.ds2_fir_filter(samples, len(samples), np.ascontiguousarray(taps, dtype=np.float32), len(taps), out)
     return out

@@ -1,6 +1,6 @@
 // The feature front end of utils/features.py in one pass over the samples: frames, Hann window,
 // real FFT, power, mel filterbank (or none) and log; and the cubic resampler of the speed
-// perturbation and the FIR filter of the resample perturbation (utils/augment.py). A plain C ABI library (ctypes, no Paddle), so that forked
+// perturbation (utils/augment.py). A plain C ABI library (ctypes, no Paddle), so that forked
 // DataLoader workers can call it; utils/feature_kernels.py builds and loads it.
 //
 // The FFT runs on kLanes frames at once: a radix-2 complex FFT of n_fft / 2 points over arrays
@@ -215,29 +215,6 @@ void ds2_cubic_resample(const float* samples, int64_t num_samples, float* out, i
       out[i] = cubic(samples[k > 0 ? k - 1 : 0], samples[k], samples[std::min(k + 1, last)],
                      samples[std::min(k + 2, last)], k == j ? t : 0.0f);
     }
-  }
-}
-
-// samples [num_samples] -> out [num_samples], out[i] = sum_k taps[k] * samples[i + k - num_taps / 2], the
-// samples zero beyond both ends: numpy's convolve(samples, taps)[num_taps / 2:][:num_samples] for
-// symmetric taps.
-// Eight outputs at a time in SIMD lanes, each tap broadcast: the band limit of the resample perturbation.
-void ds2_fir_filter(const float* samples, int64_t num_samples, const float* taps, int num_taps, float* out) {
-  if (num_samples <= 0 || num_taps <= 0) return;
-  constexpr int kBlock = 64;  // outputs per pass over the taps
-  const int half = num_taps / 2;
-  std::vector<float> padded(num_samples + num_taps + kBlock, 0.0f);  // half zeros, samples, zeros
-  std::memcpy(padded.data() + half, samples, num_samples * sizeof(float));
-  for (int64_t start = 0; start < num_samples; start += kBlock) {
-    float sums[kBlock] = {};
-    const float* window = padded.data() + start;
-    for (int k = 0; k < num_taps; ++k) {
-      const float tap = taps[k];
-#pragma omp simd
-      for (int j = 0; j < kBlock; ++j) sums[j] += tap * window[j + k];
-    }
-    const int count = static_cast<int>(std::min<int64_t>(kBlock, num_samples - start));
-    std::memcpy(out + start, sums, count * sizeof(float));
   }
 }
 
