@@ -37,10 +37,14 @@ process:
     every pass (no unmeasured pass there: that is the lever), numpy's feature path instead of our
     C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads spin
     and take the core from the step), augmentation off, and every sample computed beforehand
-    (the loader's own cost, three pairs). One pair moves by about 0.03.
+    (the loader's own cost, three pairs). One pair moves by about 0.03;
+  - other_loader: the other data.loader (Paddle's DataLoader against our slots,
+    utils/batch_workers.py), two pairs or a third of the config's pairs, in the demo and in
+    every peer run.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
-  80, batch 16) through the same loop, against PPASR's published 67.5 (stock) and 124
-  (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core AMD EPYC (target >= 2 x 67.5);
+  80, batch 16) through the same loop (three times the pairs: its passes are short), against
+  PPASR's published 67.5 (stock) and 124 (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core
+  AMD EPYC (target >= 2 x 67.5);
   once with the toolkit's thread defaults, once with MKL as shipped on one thread, and once with
   glibc returning freed tensors' memory to the system (train.keep_freed_memory=false,
   utils/allocator.py; a process of its own, since glibc's default cannot be restored in one).
@@ -419,11 +423,13 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     warm = warm_up(run, bare_batches)
     placement.apply(run.placement)  # as train.py's loop does
     try:
+        repeats = spec["repeats"] * (PEER_REPEATS_FACTOR if name == "peer" else 1)
         pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
-                 for i in range(spec["repeats"])]
+                 for i in range(repeats)]
         kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
         views = strided_views_lever(run, bare_batches, flops, roof_before["roof_gflops"])
-        other_loader = other_loader_lever(run, cfg, bare_batches, flops, roof_before["roof_gflops"])
+        other_loader = other_loader_lever(run, cfg, bare_batches, flops, roof_before["roof_gflops"],
+                                          max(OTHER_LOADER_PAIRS, repeats // 3))
         lever_figures = loader_levers(run, cfg, spec, bare_batches, flops, roof_before["roof_gflops"]) \
             if levers else None
     finally:
@@ -535,11 +541,15 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
 
 CACHED_PAIRS = 3
 OTHER_LOADER_PAIRS = 2
+# The peer config's passes take a quarter of the demo's (1.5 s), and a pair's ratio there spread
+# from 1.0 to 1.36 in one 15-pair run: three times the pairs for a steadier median.
+PEER_REPEATS_FACTOR = 3
 
 
-def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float) -> dict:
-    """The config's loader pairs against the other loader's (data.loader: our slots or Paddle's
-    DataLoader, utils/batch_workers.py), after an unmeasured pass, on the same batches."""
+def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float,
+                       pairs_count: int = OTHER_LOADER_PAIRS) -> dict:
+    """`pairs_count` pairs of the other loader's (data.loader: our slots or Paddle's DataLoader,
+    utils/batch_workers.py) against the bare step, after an unmeasured pass, on the same batches."""
     from utils.data import LOADERS
 
     if cfg.data.num_workers <= 0:
@@ -549,7 +559,7 @@ def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float) 
     log(f"  data.loader={other}: an unmeasured pass first")
     run_pass(run, loader)
     pairs = [pair(run, loader, bare_batches, f"data.loader={other} {i + 1}", bare_first=i % 2 == 1)
-             for i in range(OTHER_LOADER_PAIRS)]
+             for i in range(pairs_count)]
     loader.close()
     return {"used": True, "loader": other, **_lever_summary(pairs_figures(pairs, flops, roof))}
 
@@ -797,7 +807,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=None, help="2-4 s clips in the benchmark subset")
     parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (16)")
-    parser.add_argument("--repeats", type=int, default=None, help="(loader, bare) pass pairs (5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="(loader, bare) pass pairs (5; the peer config three times as many)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
                         help="parts to leave out")
