@@ -72,7 +72,7 @@ def collate(batch: list, buffer=None) -> tuple[np.ndarray, ...]:
     label_lens = np.array([len(lab) for _, lab, _ in batch], dtype=np.int64)
     shape = (len(batch), int(feat_lens.max()), batch[0][0].shape[1])
     count = shape[0] * shape[1] * shape[2]
-    if buffer is not None and count * 4 <= len(buffer):
+    if buffer is not None and count * np.dtype(np.float32).itemsize <= len(buffer):
         feats = np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
     else:
         feats = np.empty(shape, dtype=np.float32)
