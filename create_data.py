@@ -4,8 +4,10 @@ Reads MASR lists (path<TAB>text in dataset/annotation/*.txt; test.txt is the tes
 JSON-lines manifests or DeepSpeech CSV, and writes dataset/manifest.{train,test,noise},
 dataset/vocabulary.txt, dataset/mean_std.npz and dataset/skipped.txt (lines left out, why).
 """
+import errno
 import os
 import sys
+import tempfile
 
 # The work runs in numpy worker processes: one BLAS thread each (set before numpy loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -25,6 +27,12 @@ def main() -> None:
         summary = create_data(cfg)
     except DataPrepError as err:
         sys.exit(f"create_data.py: error: {err}")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(f"create_data.py: error: {err}. Each output (manifests, vocabulary, mean/std) replaces "
+                 f"the old one only once written in full; free space on that disk (kept lines wait in "
+                 f"temporary files under TMPDIR, {tempfile.gettempdir()}) and rerun.")
     print(summary.line())
 
 

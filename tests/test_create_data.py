@@ -296,3 +296,32 @@ def test_cli_help_and_errors(tmp_path):
     assert not (tmp_path / "dataset").exists()  # --print_config only prints
     missing = run_script(f"--annotation_path={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_spilled_string_column_reads_back_what_it_holds_on_disk(tmp_path):
+    from utils.manifest import SpilledStringColumn
+
+    column = SpilledStringColumn(str(tmp_path))
+    strings = ["a/b.wav", "", "今天 天气", "tab\there", "x" * 5000]
+    for number, text in enumerate(strings):
+        column.append(text)
+        assert column[number] == text  # read while the writer's buffer holds it
+    assert [column[i] for i in range(len(column))] == strings
+    assert column[-1] == strings[-1]
+    assert column.nbytes() == 8 * len(strings)  # offsets only; the strings are on disk
+    assert os.listdir(tmp_path) == []  # an unnamed file: a crash leaves nothing behind
+    column.close()
+
+
+def test_full_disk_is_a_clear_error(clean_corpus):
+    out = clean_corpus / "out"
+    code = ("import errno, os, sys; import create_data; from utils import manifest\n"
+            "def full(self, text): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "manifest.SpilledStringColumn.append = full\n"
+            f"sys.argv = ['create_data.py', '--annotation_path={clean_corpus / 'annotation'}', "
+            f"'--manifest_prefix={out / 'm'}', '--num_workers=1']\n"
+            "create_data.main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "No space left on device" in result.stderr and "free space" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "m.train").exists()

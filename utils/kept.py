@@ -1,10 +1,11 @@
-"""create_data's kept lines as columns, so that its memory grows with about the manifest's size.
+"""create_data's kept lines as columns, so that its memory grows less than the manifest's size.
 
 A list of one object per line (with its path, text and raw line as Python strings) cost about
 500 bytes a line: 70 MB more at 100k lines than at 1k, against a 12 MB manifest. Here a line
-costs its path and text in UTF-8 plus about 40 bytes of numbers. The raw input line is not
-held: the few lines that fail after the header probe (conversion, decoding) are looked up
-again in their list file when skipped.txt is written (`KeptTable.write_drops`).
+costs about 50 bytes of numbers; its path and text wait in unnamed temporary files
+(utils/manifest.py's SpilledStringColumn, in TMPDIR) until the manifests are written. The raw
+input line is not held: the few lines that fail after the header probe (conversion, decoding)
+are looked up again in their list file when skipped.txt is written (`KeptTable.write_drops`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from utils.annotations import SkipLog, parse_lines
-from utils.manifest import StringColumn
+from utils.manifest import SpilledStringColumn
 
 
 class KeptTable:
@@ -32,7 +33,7 @@ class KeptTable:
         self._source_ids: dict[str, int] = {}
         self._source = array("i")
         self._line_no = array("i")  # up to 2^31 lines per list
-        self._paths, self._texts = StringColumn(), StringColumn()
+        self._paths, self._texts = SpilledStringColumn(), SpilledStringColumn()
         self.durations = array("d")
         self.sample_rates = array("i")
         self.channels = array("h")

@@ -66,11 +66,52 @@ class StringColumn:
         self._ends.append(len(self._buffer))
 
     def __getitem__(self, index: int) -> str:
+        index = range(len(self._ends))[index]  # negative indices count from the end; IndexError past it
         start = self._ends[index - 1] if index > 0 else 0
         return self._buffer[start:self._ends[index]].decode("utf-8")
 
     def nbytes(self) -> int:
         return len(self._buffer) + self._ends.itemsize * len(self._ends)
+
+
+class SpilledStringColumn:
+    """Strings kept in an unnamed temporary file, only their end offsets (8 bytes each) in memory:
+    for create_data, which must hold every kept line's path and text until it writes the sorted
+    manifests. Reads go through the page cache (os.pread, a microsecond or two each), which the
+    kernel may drop under pressure and which a crash leaves nothing of (the file has no name)."""
+
+    def __init__(self, directory: str | None = None):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile(prefix="strings_", dir=directory)  # buffered binary writer
+        self._ends, self._size, self._flushed = array("q"), 0, 0
+
+    def append(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self._file.write(data)
+        self._size += len(data)
+        self._ends.append(self._size)
+
+    def __getitem__(self, index: int) -> str:
+        index = range(len(self._ends))[index]  # negative indices count from the end; IndexError past it
+        start, end = self._ends[index - 1] if index > 0 else 0, self._ends[index]
+        if end > self._flushed:
+            self._file.flush()
+            self._flushed = self._size
+        data = os.pread(self._file.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"temporary file {self._file.name}: read {len(data)} of {end - start} bytes at {start}")
+        return data.decode("utf-8")
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def nbytes(self) -> int:
+        """Memory held (the strings themselves are on disk)."""
+        return self._ends.itemsize * len(self._ends)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class UtteranceTable:
