@@ -53,7 +53,8 @@ threads: bare steps of the demo model, the loader's feature CPU and the GEMM roo
   threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
   process per setting.
 memory: peak RSS of train.py's set-up plus a few steps of the demo config with 1k, 10k and
-  100k manifest lines (clips repeated), each in a fresh process, against the manifest's size.
+  100k manifest lines (clips repeated), three fresh processes each (the median), against the
+  manifest's size.
 reference: conf/deepspeech2.yml (161-dim spectrogram, 41x11/21x11 convolutions, 3 GRU x
   1024), a few bare steps with the kernels train.py would choose; on a GPU build with a GPU
   also the same steps under AMP O1 (gpu_amp: throughput and speedup over float32).
@@ -769,9 +770,19 @@ def memory_worker(spec: dict) -> dict:
 
 
 def memory_levels(spec: dict, timeout: float) -> dict:
-    """memory_worker at each manifest size, each in a fresh process; growth from the first to the last."""
-    runs = {f"lines_{n}": worker("memory", dict(spec, lines=n), timeout) for n in spec["memory_lines"]}
-    first, last = (runs[f"lines_{n}"] for n in (spec["memory_lines"][0], spec["memory_lines"][-1]))
+    """memory_worker at each manifest size, spec["memory_repeats"] fresh processes each, sizes interleaved
+    (one process's peak moves by 10-20 MB from run to run); growth from the first size's median peak
+    to the last's."""
+    sizes_ = spec["memory_lines"]
+    peaks: dict[int, list] = {n: [] for n in sizes_}
+    runs = {}
+    for _ in range(spec["memory_repeats"]):
+        for n in sizes_:
+            runs[f"lines_{n}"] = worker("memory", dict(spec, lines=n), timeout)
+            peaks[n].append(runs[f"lines_{n}"]["maxrss_mb"])
+    for n in sizes_:
+        runs[f"lines_{n}"].update(maxrss_mb=rounded(statistics.median(peaks[n])), maxrss_mb_runs=peaks[n])
+    first, last = (runs[f"lines_{n}"] for n in (sizes_[0], sizes_[-1]))
     runs["growth_mb"] = rounded(last["maxrss_mb"] - first["maxrss_mb"])
     runs["manifest_growth_mb"] = rounded(last["manifest_mb"] - first["manifest_mb"])
     return runs
@@ -826,7 +837,8 @@ def sizes(args) -> dict:
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
             "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3,
-            "memory_lines": [200, 2000] if quick else [1000, 10000, 100000], "memory_batches": 2 if quick else 3}
+            "memory_lines": [200, 2000] if quick else [1000, 10000, 100000], "memory_batches": 2 if quick else 3,
+            "memory_repeats": 1 if quick else 3}
 
 
 def worker(kind: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
