@@ -7,7 +7,6 @@ dataset/vocabulary.txt, dataset/mean_std.npz and dataset/skipped.txt (lines left
 import errno
 import os
 import sys
-import tempfile
 
 # The work runs in numpy worker processes: one BLAS thread each (set before numpy loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -31,8 +30,8 @@ def main() -> None:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         sys.exit(f"create_data.py: error: {err}. Each output (manifests, vocabulary, mean/std) replaces "
-                 f"the old one only once written in full; free space on that disk (kept lines wait in "
-                 f"temporary files under TMPDIR, {tempfile.gettempdir()}) and rerun.")
+                 f"the old one only once written in full; free space on the disk of the manifests (kept "
+                 f"lines wait there in unnamed temporary files until they are written) and rerun.")
     print(summary.line())
 
 

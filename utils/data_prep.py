@@ -199,7 +199,7 @@ def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Wor
             pending.append((record, path))
             yield path
 
-    kept = KeptTable()
+    kept = KeptTable(_spill_dir(cfg))
     limits = cfg.data.min_duration, cfg.data.max_duration
     for info in _pmap(workers, _probe_one, paths(), "audio headers", chunksize=PROBE_CHUNK):
         while isinstance(pending[0], Skip):
@@ -220,6 +220,12 @@ def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Wor
     return kept
 
 
+def _spill_dir(cfg: Config) -> str:
+    """Where kept lines' paths and texts wait until the manifests are written: beside them, on the
+    disk that will hold them (TMPDIR is often a RAM-backed tmpfs)."""
+    return str(Path(cfg.prep.manifest_prefix).resolve().parent)
+
+
 def _split(kept: KeptTable, prep: PrepConfig, has_test_file: bool) -> tuple[np.ndarray, np.ndarray]:
     """Rows of train and test: a test.txt input is the test set; else every test_every-th kept
     line, at most max_test of them."""
@@ -236,7 +242,7 @@ def _split(kept: KeptTable, prep: PrepConfig, has_test_file: bool) -> tuple[np.n
 def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> KeptTable:
     """Every audio file under prep.noise_dir (text ''), except converted copies under resampled_dir."""
     noise_dir = Path(cfg.prep.noise_dir)
-    noise = KeptTable()
+    noise = KeptTable(_spill_dir(cfg))
     if not noise_dir.is_dir():
         return noise
     resampled = Path(cfg.prep.resampled_dir).resolve()

@@ -2,8 +2,8 @@
 
 A list of one object per line (with its path, text and raw line as Python strings) cost about
 500 bytes a line: 70 MB more at 100k lines than at 1k, against a 12 MB manifest. Here a line
-costs about 50 bytes of numbers; its path and text wait in unnamed temporary files
-(utils/manifest.py's SpilledStringColumn, in TMPDIR) until the manifests are written. The raw
+costs about 40 bytes of numbers; its path and text wait in unnamed temporary files beside the
+manifests (utils/manifest.py's SpilledStringColumn) until the manifests are written. The raw
 input line is not held: the few lines that fail after the header probe (conversion, decoding)
 are looked up again in their list file when skipped.txt is written (`KeptTable.write_drops`).
 """
@@ -28,12 +28,15 @@ class KeptTable:
     lists the others. A row converted to 16 kHz mono reads from `converted_path(path)`.
     """
 
-    def __init__(self):
+    def __init__(self, spill_dir: str | None = None):
+        """spill_dir: where the paths and texts wait (default TMPDIR); created if missing."""
+        if spill_dir is not None:
+            os.makedirs(spill_dir, exist_ok=True)
         self.sources: list[str] = []
         self._source_ids: dict[str, int] = {}
         self._source = array("i")
         self._line_no = array("i")  # up to 2^31 lines per list
-        self._paths, self._texts = SpilledStringColumn(), SpilledStringColumn()
+        self._paths, self._texts = SpilledStringColumn(spill_dir), SpilledStringColumn(spill_dir)
         self.durations = array("d")
         self.sample_rates = array("i")
         self.channels = array("h")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +76,15 @@ class StringColumn:
 
 
 class SpilledStringColumn:
-    """Strings kept in an unnamed temporary file, only their end offsets (8 bytes each) in memory:
-    for create_data, which must hold every kept line's path and text until it writes the sorted
-    manifests. Reads go through the page cache (os.pread, a microsecond or two each), which the
-    kernel may drop under pressure and which a crash leaves nothing of (the file has no name)."""
+    """Strings kept in an unnamed temporary file in `directory` (default TMPDIR), only their end
+    offsets (8 bytes each) in memory: for create_data, which must hold every kept line's path and
+    text until it writes the sorted manifests. Reads (os.pread, a microsecond or two) come from
+    the page cache, which the kernel can write out and drop, unlike a process's own memory; a
+    crash leaves no file behind (it has no name). On a tmpfs the strings would be in RAM again."""
 
     def __init__(self, directory: str | None = None):
-        import tempfile
-
-        self._file = tempfile.TemporaryFile(prefix="strings_", dir=directory)  # buffered binary writer
+        self.directory = directory or tempfile.gettempdir()
+        self._file = tempfile.TemporaryFile(prefix="strings_", dir=self.directory)  # buffered binary writer
         self._ends, self._size, self._flushed = array("q"), 0, 0
 
     def append(self, text: str) -> None:
@@ -100,7 +101,8 @@ class SpilledStringColumn:
             self._flushed = self._size
         data = os.pread(self._file.fileno(), end - start, start)
         if len(data) != end - start:
-            raise OSError(f"temporary file {self._file.name}: read {len(data)} of {end - start} bytes at {start}")
+            raise OSError(f"a string column's temporary file in {self.directory}: read {len(data)} of "
+                          f"{end - start} bytes at {start}")
         return data.decode("utf-8")
 
     def __len__(self) -> int:
