@@ -13,7 +13,7 @@ process:
     iterates it across epochs, audio seconds and utterances per wall second;
   - the share of the loop spent waiting for data (reader cost / batch cost; target < 10 %);
   - the same `_run_epoch` over the same batches pre-computed as tensors (the bare step), in
-    alternating passes; pipeline overhead = loop wall / bare wall (target <= 1.05), also
+    alternating passes (three times --repeats pairs); pipeline overhead = loop wall / bare wall (target <= 1.05), also
     without each pass's first batch (in the first pass: the worker's start, paid once per run),
     and the pass stretched to a whole epoch of the corpus at its steady per-batch rates;
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
@@ -37,12 +37,12 @@ process:
     every pass (no unmeasured pass there: that is the lever), numpy's feature path instead of our
     C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads spin
     and take the core from the step), augmentation off, and every sample computed beforehand
-    (the loader's own cost, three pairs). One pair moves by about 0.03;
+    (the loader's own cost, three pairs). One pair moves by 0.03 on a quiet host, 0.1-0.2 on a noisy one;
   - other_loader: the other data.loader (Paddle's DataLoader against our slots,
     utils/batch_workers.py), two pairs or a third of the config's pairs, in the demo and in
     every peer run.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
-  80, batch 16) through the same loop (three times the pairs: its passes are short), against
+  80, batch 16) through the same loop, against
   PPASR's published 67.5 (stock) and 124 (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core
   AMD EPYC (target >= 2 x 67.5);
   once with the toolkit's thread defaults, once with MKL as shipped on one thread, and once with
@@ -424,7 +424,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     warm = warm_up(run, bare_batches)
     placement.apply(run.placement)  # as train.py's loop does
     try:
-        repeats = spec["repeats"] * (PEER_REPEATS_FACTOR if name == "peer" else 1)
+        repeats = spec["repeats"] * REPEATS_FACTOR
         pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
                  for i in range(repeats)]
         kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
@@ -542,9 +542,9 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
 
 CACHED_PAIRS = 3
 OTHER_LOADER_PAIRS = 2
-# The peer config's passes take a quarter of the demo's (1.5 s), and a pair's ratio there spread
-# from 1.0 to 1.36 in one 15-pair run: three times the pairs for a steadier median.
-PEER_REPEATS_FACTOR = 3
+# A pair's ratio spread from 1.0 to 1.36 in one 15-pair peer run (its passes take 1.5-2 s) and from
+# 0.92 to 1.13 in a 5-pair demo run on a noisy 2-core AMD host: three times --repeats for both.
+REPEATS_FACTOR = 3
 
 
 def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float,
@@ -819,7 +819,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (16)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="(loader, bare) pass pairs (5; the peer config three times as many)")
+                        help="(loader, bare) pass pairs, times three for the demo and peer configs (5)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
                         help="parts to leave out")
