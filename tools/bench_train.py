@@ -13,9 +13,10 @@ process:
     iterates it across epochs, audio seconds and utterances per wall second;
   - the share of the loop spent waiting for data (reader cost / batch cost; target < 10 %);
   - the same `_run_epoch` over the same batches pre-computed as tensors (the bare step), in
-    alternating passes (three times --repeats pairs); pipeline overhead = loop wall / bare wall (target <= 1.05), also
-    without each pass's first batch (in the first pass: the worker's start, paid once per run),
-    and the pass stretched to a whole epoch of the corpus at its steady per-batch rates;
+    alternating passes (three times --repeats pairs); pipeline overhead = loop wall / bare wall
+    (target <= 1.05), also without each pass's first batch (in the first pass: the worker's
+    start, paid once per run), and the pass stretched to a whole epoch of the corpus at its
+    steady per-batch rates;
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
     2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
     2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
@@ -37,7 +38,8 @@ process:
     every pass (no unmeasured pass there: that is the lever), numpy's feature path instead of our
     C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads spin
     and take the core from the step), augmentation off, and every sample computed beforehand
-    (the loader's own cost, three pairs). One pair moves by 0.03 on a quiet host, 0.1-0.2 on a noisy one;
+    (the loader's own cost, three pairs). One pair moves by 0.03 on a quiet host, by 0.1-0.3
+    on a noisy one;
   - other_loader: the other data.loader (Paddle's DataLoader against our slots,
     utils/batch_workers.py), two pairs or a third of the config's pairs, in the demo and in
     every peer run.

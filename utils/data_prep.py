@@ -3,11 +3,11 @@
 Passes, each with a progress bar: read the lists (text normalized in this process) while
 worker processes read the audio headers, convert audio at another rate or with several
 channels into 16 kHz mono files under `prep.resampled_dir`, then feature statistics on a
-seeded sample of training utterances. Audio is never held beyond one file per worker and kept
-lines are held as columns (utils/kept.py), so memory grows about as the manifest's size. A
-bad line never stops the run: it goes to
-`skipped.txt` next to the manifests with its reason; the run fails only when no training
-utterance is left.
+seeded sample of training utterances. Audio is never held beyond one file per worker, and kept
+lines are held as columns of numbers with their paths and texts in temporary files beside the
+manifests (utils/kept.py), so memory grows by less than the manifest's size. A bad line never
+stops the run: it goes to `skipped.txt` next to the manifests with its reason; the run fails
+only when no training utterance is left.
 
 Manifest paths: as written in the input, relative to the working directory. With
 `data.data_dir`, relative inputs resolve against it and are written absolute, so the
