@@ -55,6 +55,13 @@ def read_manifest(path: str | Path, data_dir: Optional[str] = None,
             for _, audio, duration, text in _manifest_lines(path) if min_duration <= duration <= max_duration]
 
 
+def _span(ends: array, index: int) -> tuple[int, int]:
+    """(start, end) byte offsets of string `index` in a column of end offsets; negative indices
+    count from the end, and one past either end is an IndexError."""
+    index = range(len(ends))[index]
+    return (ends[index - 1] if index > 0 else 0), ends[index]
+
+
 class StringColumn:
     """Strings stored as one UTF-8 buffer and end offsets: about their encoded size in memory,
     where a Python str costs 49 bytes or more besides its characters."""
@@ -67,9 +74,8 @@ class StringColumn:
         self._ends.append(len(self._buffer))
 
     def __getitem__(self, index: int) -> str:
-        index = range(len(self._ends))[index]  # negative indices count from the end; IndexError past it
-        start = self._ends[index - 1] if index > 0 else 0
-        return self._buffer[start:self._ends[index]].decode("utf-8")
+        start, end = _span(self._ends, index)
+        return self._buffer[start:end].decode("utf-8")
 
     def nbytes(self) -> int:
         return len(self._buffer) + self._ends.itemsize * len(self._ends)
@@ -94,8 +100,7 @@ class SpilledStringColumn:
         self._ends.append(self._size)
 
     def __getitem__(self, index: int) -> str:
-        index = range(len(self._ends))[index]  # negative indices count from the end; IndexError past it
-        start, end = self._ends[index - 1] if index > 0 else 0, self._ends[index]
+        start, end = _span(self._ends, index)
         if end > self._flushed:
             self._file.flush()
             self._flushed = self._size
