@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.bench_common import summarize
+from tools.bench_all import with_interval
+from tools.bench_common import interval_says, median_interval, summarize
 from tools.bench_train import (epoch_padding, epoch_ratio, forward_flops, recurrent_train_flops, roof_ceiling,
                                train_flops)
 
@@ -23,6 +24,25 @@ SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
 def test_summarize_pins_min_median_max():
     assert summarize([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "mean": 2.0, "n": 3}
     assert summarize([]) == {"n": 0}
+
+
+def test_median_interval_takes_the_order_statistics_of_its_coverage():
+    # 15 repeats: the 4th smallest and 4th largest cover the median with 1 - 2 * 576 / 2**15
+    assert median_interval(range(15, 0, -1)) == {"low": 4.0, "high": 12.0, "coverage": 0.965, "n": 15}
+    # 21 repeats: the 7th (0.922); 5 repeats: min and max, the most that five can give (0.938)
+    assert median_interval(range(1, 22))["low"] == 7.0 and median_interval(range(1, 22))["coverage"] == 0.922
+    assert median_interval([5, 1, 3, 2, 4]) == {"low": 1.0, "high": 5.0, "coverage": 0.938, "n": 5}
+    assert median_interval([]) == {"n": 0}
+
+
+def test_interval_says_settles_a_target_only_when_the_whole_interval_does():
+    assert interval_says({"low": 0.95, "high": 1.04}, 1.05) == "met"
+    assert interval_says({"low": 1.01, "high": 1.09}, 1.05) == "undecided"
+    assert interval_says({"low": 1.06, "high": 1.09}, 1.05) == "not met"
+    verdict = {"value": 1.03, "median_interval": {"low": 1.01, "high": 1.09, "coverage": 0.965},
+               "interval_says": "undecided"}
+    assert with_interval("<= 1.05", verdict) == "<= 1.05; median in 1.01-1.09 (96%): undecided"
+    assert with_interval("<= 1.05", None) == "<= 1.05"
 
 
 def test_epoch_ratio_pays_the_first_batch_once():
@@ -122,6 +142,11 @@ def test_bench_train_keys(report):
     assert {"audio_s_per_s", "step_s", "gflops"} <= set(train["reference"])
     assert {"demo_reader_share", "demo_pipeline_ratio", "demo_roof_fraction",
             "peer_equivalent_audio_s_per_s"} <= set(train["verdicts"])
+    for name in ("demo_pipeline_ratio", "demo_pipeline_ratio_epoch_estimate", "peer_equivalent_pipeline_ratio"):
+        assert train["verdicts"][name]["interval_says"] in ("met", "not met", "undecided")
+        interval = train["verdicts"][name]["median_interval"]
+        assert interval["low"] <= train["verdicts"][name]["value"] <= interval["high"]
+    assert "interval_says" not in train["verdicts"]["peer_equivalent_mkl_stock_1_thread_pipeline_ratio"]
 
 
 @pytest.mark.slow
@@ -138,6 +163,8 @@ def test_bench_decode_keys(report):
     assert {"onnx_ms", "onnx_1_thread_ms", "onnx_vs_onednn"} <= set(decode["infer_8s"])
     assert decode["infer_8s"]["file_s"] == 8.0
     assert {"greedy_ms_per_audio_s", "infer_8s_exported_ms", "beam_rtf_per_core"} <= set(decode["verdicts"])
+    assert decode["verdicts"]["infer_8s_exported_ms"]["interval_says"] in ("met", "not met", "undecided")
+    assert decode["infer_8s"]["onnx_ms_interval"]["n"] == decode["infer_8s"]["onnx_ms"]["n"]
 
 
 @pytest.mark.slow

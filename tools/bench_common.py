@@ -1,7 +1,8 @@
 """Shared helpers of the benchmarks in tools/ (bench_train, bench_decode, bench_all).
 
 - Timing: `summarize` gives min/median/max/mean of repeats; `timed` runs a function with
-  warm-up and repeats.
+  warm-up and repeats; `median_interval` bounds the median of repeats and `interval_says`
+  tells whether that bound settles a "<= limit" target or leaves it to the host's noise.
 - Machine: CPU model (/proc/cpuinfo), usable cores, load average, thread settings
   (OMP_NUM_THREADS, MKL_DEBUG_CPU_TYPE, OPENBLAS_NUM_THREADS), versions, date.
 - Threads: `configure_threads` sets the thread variables of a worker process before numpy
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import random
@@ -80,6 +82,36 @@ def summarize(values, digits: int = 4) -> dict:
     return {"min": rounded(min(values), digits), "median": rounded(statistics.median(values), digits),
             "max": rounded(max(values), digits), "mean": rounded(statistics.fmean(values), digits),
             "n": len(values)}
+
+
+MEDIAN_INTERVAL_LEVEL = 0.9
+
+
+def median_interval(values, level: float = MEDIAN_INTERVAL_LEVEL) -> dict:
+    """A distribution-free interval for the median of independent repeats: the k-th smallest and
+    the k-th largest value, k the largest whose coverage 1 - 2 P(Binomial(n, 1/2) < k) is at least
+    `level`. With too few repeats for that level, min and max; `coverage` says what it is."""
+    values = sorted(float(v) for v in values)
+    n = len(values)
+    if not n:
+        return {"n": 0}
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return {"low": rounded(values[k - 1]), "high": rounded(values[n - k]), "coverage": rounded(coverage(k), 3),
+            "n": n}
+
+
+def interval_says(interval: dict, limit: float) -> str:
+    """For a "<= limit" target: "met" when all of the median's interval is at or below the limit,
+    "not met" when all of it is above, else "undecided" (the repeats cannot tell on this host)."""
+    if interval["high"] <= limit:
+        return "met"
+    return "not met" if interval["low"] > limit else "undecided"
 
 
 def timed(function, repeats: int, warmup: int = 1) -> list[float]:
