@@ -1,6 +1,7 @@
 """Our CPU kernels (utils/csrc/) against Paddle's: the recurrence against nn.GRU / nn.LSTM (one and
 two directions, sorted and unsorted lengths) and the convolution against nn.Conv2D (the model's
-kernel, stride and padding shapes), outputs and every gradient; a whole model step; the choice."""
+kernel, stride and padding shapes), outputs and every gradient; the CTC loss against Paddle's and
+a float64 reference; a whole model step; the choice."""
 from __future__ import annotations
 
 import numpy as np
@@ -224,6 +225,106 @@ def test_batch_norm_clip_matches_paddle(ops, masked):
         np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+def ctc_reference(logits: np.ndarray, label: list[int], blank: int = 0) -> tuple[float, np.ndarray]:
+    """The CTC loss of one utterance (logits [T, V]) and its gradient, in float64 with numpy."""
+    x = logits.astype(np.float64)
+    lp = x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+    ext = [blank] + [token for l in label for token in (l, blank)]
+    frames, states = len(lp), len(ext)
+    alpha, beta = np.full((frames, states), -np.inf), np.full((frames, states), -np.inf)
+    alpha[0, :2], beta[-1, -2:] = lp[0, ext[:2]], lp[-1, ext[-2:]]
+    for t in range(1, frames):
+        for s in range(states):
+            skip = s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]
+            alpha[t, s] = np.logaddexp.reduce(alpha[t - 1, max(0, s - (2 if skip else 1)):s + 1]) + lp[t, ext[s]]
+    for t in range(frames - 2, -1, -1):
+        for s in range(states):
+            skip = s + 2 < states and ext[s] != blank and ext[s] != ext[s + 2]
+            beta[t, s] = np.logaddexp.reduce(beta[t + 1, s:s + (3 if skip else 2)]) + lp[t, ext[s]]
+    log_p = np.logaddexp.reduce(alpha[-1, -2:])
+    grad = np.exp(lp)
+    for s, token in enumerate(ext):
+        grad[:, token] -= np.exp(alpha[:, s] + beta[:, s] - lp[:, token] - log_p)
+    return -log_p, grad
+
+
+def ctc_both(logits: np.ndarray, frames: list[int], labels: list[list[int]]):
+    """(loss, gradient) of Paddle's ctc_loss and ours, the losses weighted by 1, 2, 3... before the
+    backward pass (so that the gradient's scaling by each row's loss gradient is checked too)."""
+    width = max(1, max(len(label) for label in labels))
+    label_array = np.array([label + [1] * (width - len(label)) for label in labels], np.int32)
+    inputs = [paddle.to_tensor(np.array(frames, np.int64)), paddle.to_tensor(label_array),
+              paddle.to_tensor(np.array([len(label) for label in labels], np.int64))]
+    weights = paddle.arange(1, len(frames) + 1, dtype="float32")
+    results = []
+    for fused in (False, True):
+        x = paddle.to_tensor(logits, stop_gradient=False)
+        loss = (cpu_kernels.ctc_loss(x, *inputs, blank=0) if fused else
+                paddle.nn.functional.ctc_loss(x.transpose([1, 0, 2]), *[inputs[1], inputs[0], inputs[2]], blank=0,
+                                              reduction="none").reshape([-1]))
+        (loss * weights).sum().backward()
+        results.append((loss.numpy(), x.grad.numpy()))
+    return results
+
+
+def test_ctc_loss_matches_paddle_and_float64(ops):
+    """Rows of different lengths (the batch padded), repeated labels, one label, labels that need
+    every frame, and a row too short for its labels (loss 0, no gradient, as Paddle's)."""
+    rng = np.random.default_rng(11)
+    frames = [30, 25, 12, 7, 30, 4]
+    labels = [[1, 2, 3, 4, 5, 6, 1, 2], [3, 3, 3, 2], [5], [1, 2, 3, 4, 5, 6, 1], [2, 2, 4, 4, 6, 6, 1], [1, 1, 1]]
+    logits = (rng.normal(0.0, 3.0, (6, 30, 7))).astype(np.float32)
+    (paddle_loss, paddle_grad), (loss, grad) = ctc_both(logits, frames, labels)
+    np.testing.assert_allclose(loss, paddle_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, paddle_grad, atol=5e-4)  # both float32, rows weighted up to 6
+    for row, (count, label) in enumerate(zip(frames, labels)):
+        if row == 5:  # 1, 1, 1 needs 5 frames, has 4
+            assert loss[row] == 0.0 and not grad[row].any()
+            continue
+        expected_loss, expected_grad = ctc_reference(logits[row, :count], label)
+        assert loss[row] == pytest.approx(expected_loss, rel=1e-5)
+        np.testing.assert_allclose(grad[row, :count], (row + 1) * expected_grad, atol=1e-4)
+        assert not grad[row, count:].any()  # padding frames
+    assert loss[0] == pytest.approx(52.60128, rel=1e-5)  # pinned: a change in the kernel shows
+
+
+def test_ctc_loss_of_longer_rows_is_the_same_run_after_run(ops):
+    """16 rows of 150 frames (the demo's batch): both threads busy; the result must not depend on
+    which thread took which row (a dynamic schedule once gave one row to both)."""
+    rng = np.random.default_rng(12)
+    logits = rng.normal(0.0, 1.0, (16, 150, 29)).astype(np.float32)
+    labels = [list(rng.integers(1, 29, 40)) for _ in range(16)]
+    runs = [ctc_both(logits, [150] * 16, labels)[1] for _ in range(3)]
+    for loss, grad in runs[1:]:
+        assert np.array_equal(loss, runs[0][0]) and np.array_equal(grad, runs[0][1])
+    (paddle_loss, paddle_grad), _ = ctc_both(logits, [150] * 16, labels)
+    np.testing.assert_allclose(runs[0][0], paddle_loss, rtol=1e-5)
+    np.testing.assert_allclose(runs[0][1], paddle_grad, atol=2e-2)  # 16 x 150 x 29 values, float32 sums
+    expected_loss, expected_grad = ctc_reference(logits[3], labels[3])
+    assert runs[0][0][3] == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(runs[0][1][3], 4 * expected_grad, atol=1e-3)
+
+
+def test_ctc_loss_of_an_empty_label_is_all_blanks(ops):
+    """No labels: the loss is minus the log-probability of blank in every frame (Paddle's kernel
+    stops the process with SIGFPE on this input)."""
+    rng = np.random.default_rng(13)
+    logits = rng.normal(0.0, 1.0, (1, 5, 4)).astype(np.float32)
+    x = paddle.to_tensor(logits)
+    loss = cpu_kernels.ctc_loss(x, paddle.to_tensor([5]), paddle.to_tensor([[1]], dtype="int32"),
+                                paddle.to_tensor([0]), blank=0)
+    lp = logits[0] - np.logaddexp.reduce(logits[0].astype(np.float64), axis=1, keepdims=True)
+    assert float(loss) == pytest.approx(-lp[:, 0].sum(), rel=1e-6)
+
+
+def test_ctc_loss_refuses_labels_outside_the_vocabulary(ops):
+    x = paddle.zeros([1, 4, 3])
+    for bad in (0, 3, -1):  # blank, past the vocabulary, negative
+        with pytest.raises(Exception, match="not a token of the 3 other than blank 0"):
+            cpu_kernels.ctc_loss(x, paddle.to_tensor([4]), paddle.to_tensor([[1, bad]], dtype="int32"),
+                                 paddle.to_tensor([2]), blank=0)
+
+
 def test_conv2d_refuses_what_it_does_not_compute(ops):
     with pytest.raises(ValueError, match="without bias, groups or dilation"):
         cpu_kernels.conv2d(paddle.nn.Conv2D(1, 2, 3), paddle.ones([1, 1, 5, 5]))  # a bias
@@ -232,7 +333,7 @@ def test_conv2d_refuses_what_it_does_not_compute(ops):
 def test_choose(ops):
     assert cpu_kernels.choose("paddle", on_cpu=True)[0] is False
     assert cpu_kernels.choose("auto", on_cpu=False) == (
-        False, "convolutions, norms and recurrent layers: Paddle's kernels (ours are for the CPU)")
+        False, "convolutions, norms, recurrent layers and CTC loss: Paddle's kernels (ours are for the CPU)")
     use, note = cpu_kernels.choose("auto", on_cpu=True)
     assert use and "our CPU kernels" in note
     with pytest.raises(ValueError, match="train.cpu_kernels must be one of auto, fused, paddle"):

@@ -428,9 +428,9 @@ def loss_with_nan(calls_with_nan: set[int]):
     """utils.training's CTC loss, NaN on the given (1-based) calls."""
     count = [0]
 
-    def loss(*args):
+    def loss(*args, **kwargs):
         count[0] += 1
-        value = REAL_CTC_LOSS(*args)
+        value = REAL_CTC_LOSS(*args, **kwargs)
         return value * float("nan") if count[0] in calls_with_nan else value
     return loss
 
@@ -440,9 +440,9 @@ def loss_with_nan_gradient(calls_with_nan: set[int]):
     0 * sqrt(0) adds 0 to the loss, and 0 * inf (the derivative of sqrt at 0) to the gradient."""
     count = [0]
 
-    def loss(logits, *args):
+    def loss(logits, *args, **kwargs):
         count[0] += 1
-        value = REAL_CTC_LOSS(logits, *args)
+        value = REAL_CTC_LOSS(logits, *args, **kwargs)
         if count[0] in calls_with_nan:
             value = value + 0.0 * paddle.sqrt(logits.sum() * 0.0)
         return value

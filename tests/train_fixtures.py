@@ -179,9 +179,9 @@ def _distributed_worker(argv: list[str]) -> int:
         nan_calls = {int(c) for c in os.environ["NAN_CALLS"].split(",")}
         original_loss, calls = training.ctc_loss_per_utterance, [0]
 
-        def loss_with_nan(*args):
+        def loss_with_nan(*args, **kwargs):
             calls[0] += 1
-            loss = original_loss(*args)
+            loss = original_loss(*args, **kwargs)
             return loss * float("nan") if calls[0] in nan_calls else loss
 
         training.ctc_loss_per_utterance = loss_with_nan

@@ -79,7 +79,7 @@ class TrainConfig:
     grad_clip: float = _key(5.0, "global gradient-norm clip (0: off)")
     accum_grad: int = _key(1, "batches accumulated per optimizer step")
     use_amp: bool = _key(False, "float16 mixed precision (GPU only)")
-    cpu_kernels: str = _key("auto", "the step's convolutions, norms and recurrent layers on the CPU: fused "
+    cpu_kernels: str = _key("auto", "the step's convolutions, norms, recurrent layers and CTC loss on the CPU: fused "
                                     "(our C++ kernels, built with g++), paddle, or auto (fused when they build)")
     thread_placement: str = _key("auto", "on the CPU: auto pins OpenMP thread t to core t and runs loader workers "
                                          "at idle priority on the other cores (utils/placement.py); off: the OS")

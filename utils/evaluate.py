@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from utils import cpu_kernels
 from utils.data import SpeechDataset, collate, loader_options
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
@@ -45,8 +46,13 @@ def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) 
                                 **loader_options(num_workers))
 
 
-def ctc_loss_per_utterance(logits, out_lens, labels, label_lens) -> paddle.Tensor:
-    """logits [B, T', V] (unnormalized: Paddle's CTC applies the softmax) -> loss [B]."""
+def ctc_loss_per_utterance(logits, out_lens, labels, label_lens, fused: bool = False) -> paddle.Tensor:
+    """logits [B, T', V] (unnormalized: the CTC applies the softmax) -> loss [B].
+
+    fused: our CPU kernel (utils/cpu_kernels.py; the model's cpu_kernels flag), else Paddle's warp-ctc.
+    """
+    if fused:
+        return cpu_kernels.ctc_loss(logits, out_lens, labels, label_lens, BLANK_ID)
     return F.ctc_loss(logits.transpose([1, 0, 2]), labels, out_lens, label_lens, blank=BLANK_ID,
                       reduction="none").reshape([-1])
 
@@ -57,7 +63,7 @@ def model_forward(model: paddle.nn.Layer):
     def forward(feats, feat_lens, labels, label_lens):
         model.eval()
         logits, out_lens = model(feats, feat_lens)
-        loss = ctc_loss_per_utterance(logits, out_lens, labels, label_lens)
+        loss = ctc_loss_per_utterance(logits, out_lens, labels, label_lens, fused=model.cpu_kernels)
         return log_softmax(logits).numpy(), out_lens.numpy(), float(loss.sum())
     return forward
 

@@ -234,7 +234,8 @@ def _train_step(run: _Run, batch, micro_step: int) -> float | None:
     running_stats = _running_stats(run.model)  # a skipped batch must not move BatchNorm's statistics either
     with paddle.amp.auto_cast(enable=run.scaler is not None, level="O1"):
         logits, out_lens = run.parallel(feats, feat_lens)
-    loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens).sum() / feats.shape[0]
+    loss = ctc_loss_per_utterance(logits.astype("float32"), out_lens, labels, label_lens,
+                                  fused=run.model.cpu_kernels).sum() / feats.shape[0]
     loss_value = float(loss)
     if not _finite_on_all_ranks(run, loss_value):
         return _skip_batch(run, running_stats, indices, "loss")
