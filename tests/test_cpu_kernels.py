@@ -225,6 +225,22 @@ def test_batch_norm_clip_matches_paddle(ops, masked):
         np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("shape", [[2, 3, 5, 7], [3, 32, 20, 75]])  # tiles part-filled; many tiles
+def test_frame_rows_is_the_transpose_both_ways(ops, shape):
+    rng = np.random.default_rng(10)
+    x_value = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    batch, channels, dim, steps = shape
+    weights = paddle.to_tensor(rng.normal(0.0, 1.0, (batch, steps, channels * dim)).astype(np.float32))
+    results = []
+    for fused in (False, True):
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y = (cpu_kernels.frame_rows(x) if fused else
+             x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim]))
+        (y * weights).sum().backward()
+        results.append((y.numpy(), x.grad.numpy()))
+    assert np.array_equal(results[1][0], results[0][0]) and np.array_equal(results[1][1], results[0][1])
+
+
 def ctc_reference(logits: np.ndarray, label: list[int], blank: int = 0) -> tuple[float, np.ndarray]:
     """The CTC loss of one utterance (logits [T, V]) and its gradient, in float64 with numpy."""
     x = logits.astype(np.float64)

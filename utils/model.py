@@ -96,8 +96,11 @@ class DeepSpeech2(nn.Layer):
                     # operand costs 4x more forward and backward (README, "Benchmarks")
                     x = x * _time_mask(lens, x.shape[3]).unsqueeze(1).unsqueeze(1).expand(x.shape)
         # the last convolution's padded frames stay: the RNN stops at `lens` (sequence_length)
-        batch, channels, dim, steps = x.shape
-        x = x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim])  # [B, T', C*D']
+        if fused:
+            x = cpu_kernels.frame_rows(x)  # [B, T', C*D']
+        else:
+            batch, channels, dim, steps = x.shape
+            x = x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim])  # [B, T', C*D']
         if fused:
             x = cpu_kernels.recurrent(self.rnn, x, lens.astype("int32"))  # [B, T', H*dirs]
         else:
