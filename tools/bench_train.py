@@ -16,7 +16,8 @@ process:
     alternating passes (three times --repeats pairs); pipeline overhead = loop wall / bare wall
     (target <= 1.05), also without each pass's first batch (in the first pass: the worker's
     start, paid once per run), and the pass stretched to a whole epoch of the corpus at its
-    steady per-batch rates;
+    steady per-batch rates; the verdicts give the median pair and the interval that holds
+    the median (bench_common.median_interval), and say whether it settles the target;
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
     2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
     2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
