@@ -12,7 +12,7 @@ Paddle's CPU kernels leave much of a 2-core CPU idle in a DeepSpeech2 step (READ
   (five of Paddle's, 3.1 ms a step of the peer config);
 - the CTC loss (csrc/ctc.cc): Paddle's warp-ctc runs the batch on one thread, 13.7 ms forward and
   backward on the demo's [16, 150, 29] logits with 40 labels a row; ours runs one utterance per
-  thread with vectorized log-space recursions, 2.2 ms;
+  thread with vectorized log-space recursions, 2.1-2.7 ms;
 - thread placement (csrc/threads.cc): pins each OpenMP thread of the pool MKL and these kernels
   share to a core (utils/placement.py says when and why).
 The compute kernels read the model's own parameters and statistics (nn.GRU / nn.LSTM / nn.Conv2D /

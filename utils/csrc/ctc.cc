@@ -109,7 +109,7 @@ float UtteranceLossAndGradient(float* grad, int frames, int vocab, const int* la
 #pragma omp simd
     for (int s = 0; s < states; ++s) occupancy[s] = ExpOfNegative(row[s] + cur[s] - emit[s] - log_p);
 #pragma omp simd
-    for (int k = 0; k < vocab; ++k) g[k] = std::exp(g[k]);
+    for (int k = 0; k < vocab; ++k) g[k] = ExpOfNegative(g[k]);  // softmax: lp <= 0
     for (int s = 0; s < states; ++s) g[ext[s]] -= occupancy[s];
     std::swap(cur, next);
   }
@@ -175,7 +175,7 @@ std::vector<paddle::Tensor> CtcForward(const paddle::Tensor& logits, const paddl
         for (int k = 1; k < vocab; ++k) m = std::max(m, in[k]);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int k = 0; k < vocab; ++k) sum += std::exp(in[k] - m);
+        for (int k = 0; k < vocab; ++k) sum += ExpOfNegative(in[k] - m);
         const float shift = m + std::log(sum);
 #pragma omp simd
         for (int k = 0; k < vocab; ++k) out[k] = in[k] - shift;
