@@ -306,7 +306,7 @@ def test_ctc_loss_matches_paddle_and_float64(ops):
 
 def test_ctc_loss_of_longer_rows_is_the_same_run_after_run(ops):
     """16 rows of 150 frames (the demo's batch): both threads busy; the result must not depend on
-    which thread took which row (a dynamic schedule once gave one row to both)."""
+    which thread took which row (a dynamic schedule once gave wrong losses that changed run to run)."""
     rng = np.random.default_rng(12)
     logits = rng.normal(0.0, 1.0, (16, 150, 29)).astype(np.float32)
     labels = [list(rng.integers(1, 29, 40)) for _ in range(16)]

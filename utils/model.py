@@ -98,12 +98,10 @@ class DeepSpeech2(nn.Layer):
         # the last convolution's padded frames stay: the RNN stops at `lens` (sequence_length)
         if fused:
             x = cpu_kernels.frame_rows(x)  # [B, T', C*D']
+            x = cpu_kernels.recurrent(self.rnn, x, lens.astype("int32"))  # [B, T', H*dirs]
         else:
             batch, channels, dim, steps = x.shape
             x = x.transpose([0, 3, 1, 2]).reshape([batch, steps, channels * dim])  # [B, T', C*D']
-        if fused:
-            x = cpu_kernels.recurrent(self.rnn, x, lens.astype("int32"))  # [B, T', H*dirs]
-        else:
             x, _ = self.rnn(x, sequence_length=lens.astype("int32"))  # [B, T', H*dirs]
         x = cpu_kernels.layer_norm(self.rnn_norm, x) if fused else self.rnn_norm(x)
         logits = self.head(x)  # [B, T', V]
