@@ -42,6 +42,7 @@ HEADERS = [Path(__file__).with_name("csrc") / "common.h"]  # in the build key, n
 BUILD_ROOT = native_build.BUILD_ROOT / "cpu_kernels"
 EXTENSION_NAME = "ds2_cpu_kernels"
 CHOICES = ("auto", "fused", "paddle")  # train.cpu_kernels
+COVERS = "convolutions, norms, recurrent layers and CTC loss"  # what the choice's log line names
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 _ops = None          # the loaded extension module
@@ -105,17 +106,16 @@ def choose(setting: str, on_cpu: bool) -> tuple[bool, str]:
     if setting not in CHOICES:
         raise ValueError(f"train.cpu_kernels must be one of {', '.join(CHOICES)}, not '{setting}'")
     if not on_cpu:
-        return False, "convolutions, norms, recurrent layers and CTC loss: Paddle's kernels (ours are for the CPU)"
+        return False, f"{COVERS}: Paddle's kernels (ours are for the CPU)"
     if setting == "paddle":
-        return False, "convolutions, norms, recurrent layers and CTC loss: Paddle's kernels (train.cpu_kernels=paddle)"
+        return False, f"{COVERS}: Paddle's kernels (train.cpu_kernels=paddle)"
     try:
         load_ops()
     except KernelsUnavailable as error:
         if setting == "fused":
             raise
-        return False, f"convolutions, norms, recurrent layers and CTC loss: Paddle's kernels ({error})"
-    return True, (f"convolutions, norms, recurrent layers and CTC loss: our CPU kernels (train.cpu_kernels={setting}; "
-                  f"built in {build_directory()})")
+        return False, f"{COVERS}: Paddle's kernels ({error})"
+    return True, f"{COVERS}: our CPU kernels (train.cpu_kernels={setting}; built in {build_directory()})"
 
 
 def bind_threads(cores: list[int], one_each: bool) -> list[int]:

@@ -1,5 +1,6 @@
-// 2-D convolution (NCHW, no bias, no dilation or groups) for training on the CPU, as a Paddle
-// custom operator (utils/cpu_kernels.py builds and calls it).
+// 2-D convolution (NCHW, no bias, no dilation or groups) for training on the CPU, and the last
+// convolution's output turned into the recurrent layers' frame rows (at the end), as Paddle custom
+// operators (utils/cpu_kernels.py builds and calls them).
 //
 // Paddle's CPU conv2d runs the demo's 32 -> 32 channel 3x3 convolution (0.88 GFLOP forward) in
 // 16 ms forward and 60 ms forward + backward on [16, 32, 40, 150], unfolding each image on one
