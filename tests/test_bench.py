@@ -14,7 +14,7 @@ import pytest
 
 from tools.bench_all import with_interval
 from tools.bench_common import interval_says, median_interval, summarize
-from tools.bench_train import (epoch_padding, epoch_ratio, forward_flops, recurrent_train_flops, roof_ceiling,
+from tools.bench_train import (epoch_padding, forward_flops, joined, recurrent_train_flops, roof_ceiling,
                                train_flops)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +45,17 @@ def test_interval_says_settles_a_target_only_when_the_whole_interval_does():
     assert with_interval("<= 1.05", None) == "<= 1.05"
 
 
-def test_epoch_ratio_pays_the_first_batch_once():
-    # 5 batches: loader 6.0 s (4.0 s after its first batch), bare 5.0 s (4.0 s); stretched to
-    # 101 batches: the steady 1.0 s per batch is equal, so only the 1 s extra start remains
-    pair_ = {"loader": {"wall_s": 6.0, "steady_wall_s": 4.0}, "bare": {"wall_s": 5.0, "steady_wall_s": 4.0,
-                                                                        "shapes": [(16, 100)] * 5}}
-    assert epoch_ratio(pair_, 101) == pytest.approx((6.0 + 24 * 4.0) / (5.0 + 24 * 4.0))
-    assert epoch_ratio(pair_, 5) == pytest.approx(6.0 / 5.0)
+def test_joined_units_add_up_to_one_pass():
+    def unit(wall, first_batch, shapes):
+        return {"wall_s": wall, "steady_wall_s": wall - first_batch, "cpu_s": 2 * wall, "waits": [0.01] * len(shapes),
+                "steps": [wall / len(shapes) - 0.01] * len(shapes), "page_faults_per_step": wall,
+                "shapes": shapes, "audio_s": 10.0, "utterances": 16, "padded_frames": 400, "real_frames": 380}
+
+    whole = joined([unit(1.0, 0.3, [(16, 100)] * 4), unit(2.0, 0.5, [(16, 200)] * 4)])
+    assert whole["wall_s"] == 3.0 and whole["steady_wall_s"] == pytest.approx(2.7)  # without the pass's first batch
+    assert whole["cpu_s"] == 6.0 and whole["page_faults_per_step"] == 1.5
+    assert whole["shapes"] == [(16, 100)] * 4 + [(16, 200)] * 4 and len(whole["waits"]) == len(whole["steps"]) == 8
+    assert (whole["audio_s"], whole["utterances"], whole["padded_frames"], whole["real_frames"]) == (20.0, 32, 800, 760)
 
 
 def test_flops_counted_from_shapes():
@@ -111,7 +115,8 @@ def test_bench_train_keys(report):
         assert {"reader_share", "reader_share_steady", "gflops", "roof_fraction", "utterances_per_s"} <= \
             set(demo[part])
     assert SUMMARY_KEYS <= set(demo["pipeline_ratio"]) and SUMMARY_KEYS <= set(demo["pipeline_ratio_steady"])
-    assert SUMMARY_KEYS <= set(demo["pipeline_ratio_epoch_estimate"]) and demo["epoch_batches"] > 0
+    assert SUMMARY_KEYS <= set(demo["pipeline_ratio_passes"]) and demo["first_pass_ratio"] > 0
+    assert demo["unit_pairs"] >= 2 and demo["unit_batches"] >= 1 and demo["pipeline_ratio"]["n"] == demo["unit_pairs"]
     assert demo["gemm"]["roof_gflops"] > 0
     assert demo["recurrent_product"]["rate_gflops"] > 0
     assert 0 < demo["roof_ceiling"]["ceiling_roof_fraction"] <= 1.5
@@ -142,7 +147,7 @@ def test_bench_train_keys(report):
     assert {"audio_s_per_s", "step_s", "gflops"} <= set(train["reference"])
     assert {"demo_reader_share", "demo_pipeline_ratio", "demo_roof_fraction",
             "peer_equivalent_audio_s_per_s"} <= set(train["verdicts"])
-    for name in ("demo_pipeline_ratio", "demo_pipeline_ratio_epoch_estimate", "peer_equivalent_pipeline_ratio"):
+    for name in ("demo_pipeline_ratio", "peer_equivalent_pipeline_ratio"):
         assert train["verdicts"][name]["interval_says"] in ("met", "not met", "undecided")
         interval = train["verdicts"][name]["median_interval"]
         assert interval["low"] <= train["verdicts"][name]["value"] <= interval["high"]

@@ -1,6 +1,6 @@
 """Benchmark training on this CPU; prints one JSON report (progress on stderr).
 
-    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 16] [--repeats 5]
+    python tools/bench_train.py [--quick] [--corpus auto|synthetic|FOLDER] [--batches 16] [--unit_pairs 120]
 
 On a corpus of 2-4 s clips (the demo corpus when built, else one generated once with
 espeak-ng into bench/corpus) it measures, each part in its own worker process so that the
@@ -9,15 +9,16 @@ thread variables can differ (numpy and Paddle read them at load time):
 demo (conf/demo.yml, the toolkit's thread defaults and train.py's thread placement), all in one
 process:
   - throughput through the real loader: utils/training.py's `_run_epoch` over the real
-    DataLoader (augmentation as configured), iterated once across all passes as train.py
+    loader (augmentation as configured), iterated once across all passes as train.py
     iterates it across epochs, audio seconds and utterances per wall second;
   - the share of the loop spent waiting for data (reader cost / batch cost; target < 10 %);
-  - the same `_run_epoch` over the same batches pre-computed as tensors (the bare step), in
-    alternating passes (three times --repeats pairs); pipeline overhead = loop wall / bare wall
-    (target <= 1.05), also without each pass's first batch (in the first pass: the worker's
-    start, paid once per run), and the pass stretched to a whole epoch of the corpus at its
-    steady per-batch rates; the verdicts give the median pair and the interval that holds
-    the median (bench_common.median_interval), and say whether it settles the target;
+  - the pipeline ratio (target <= 1.05): after an unmeasured pass of the loader (its worker's
+    start, paid once a run: first_pass_ratio), --unit_pairs pairs of 4-batch units in alternating
+    order, one through the loader and one over the same batches pre-computed as tensors (the bare
+    step) with the loader's workers stopped (unit_pairs); the ratio of a pair's walls, the median
+    pair and the interval that holds the median (bench_common.median_interval), and whether it
+    settles the target; the units joined into whole passes give the throughputs and
+    pipeline_ratio_passes;
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
     2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
     2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
@@ -33,24 +34,23 @@ process:
     alternating passes, for the demo and the peer-equivalent config;
   - strided_views: the bare step with Paddle's strided views from transpose on and off
     (FLAGS_use_stride_kernel, off by utils/__init__.py), with our kernels and with Paddle's;
-  - levers, each as a (loader pass, bare pass) pair after an unmeasured pass of the fresh loader:
+  - levers, each as twelve unit pairs (three passes' worth) after an unmeasured pass of the fresh loader:
     num_workers 0/1/2, thread placement off (utils/placement.py: OpenMP threads pinned, workers
-    at idle priority on the other cores), workers at normal priority, the loader started afresh
-    every pass (no unmeasured pass there: that is the lever), numpy's feature path instead of our
-    C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads spin
-    and take the core from the step), augmentation off, and every sample computed beforehand
-    (the loader's own cost, three pairs). One pair moves by 0.03 on a quiet host, by 0.1-0.3
-    on a noisy one;
+    at idle priority on the other cores), workers at normal priority, numpy's feature path instead
+    of our C++ front end (utils/feature_kernels.py), numpy's BLAS on one thread (its idle threads
+    spin and take the core from the step), augmentation off, and every sample computed beforehand
+    (the loader's own cost); and the loader started afresh every pass, as one pair of passes
+    (restarting is that lever);
   - other_loader: the other data.loader (Paddle's DataLoader against our slots,
-    utils/batch_workers.py), two pairs or a third of the config's pairs, in the demo and in
-    every peer run.
+    utils/batch_workers.py), a third of the config's unit pairs, in the demo and in every peer run.
 peer_equivalent: PPASR's small DS2 (2 conv 3x3 stride 2 x 32, 3 forward LSTM x 256, fbank
   80, batch 16) through the same loop, against
   PPASR's published 67.5 (stock) and 124 (MKL_DEBUG_CPU_TYPE=5) audio-s/s, measured on a 2-core
   AMD EPYC (target >= 2 x 67.5);
-  once with the toolkit's thread defaults, once with MKL as shipped on one thread, and once with
-  glibc returning freed tensors' memory to the system (train.keep_freed_memory=false,
-  utils/allocator.py; a process of its own, since glibc's default cannot be restored in one).
+  once with the toolkit's thread defaults, and with a third of the unit pairs once with MKL as
+  shipped on one thread and once with glibc returning freed tensors' memory to the system
+  (train.keep_freed_memory=false, utils/allocator.py; a process of its own, since glibc's default
+  cannot be restored in one).
 threads: bare steps of the demo model, the loader's feature CPU and the GEMM roof with
   MKL_DEBUG_CPU_TYPE unset/5 x OMP_NUM_THREADS (and OPENBLAS_NUM_THREADS) 1/2, plus OpenMP
   threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0), one
@@ -71,7 +71,9 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import resource
+import signal
 import statistics
 import sys
 import tempfile
@@ -253,6 +255,8 @@ def run_pass(run, source) -> dict:
         training._run_epoch(run)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
+    if len(timed.steps) < len(timed.waits):  # the last batch's step: the rest of the pass
+        timed.steps.append(max(0.0, wall - sum(timed.waits) - sum(timed.steps)))
     real_frames = sum(int(lens.sum()) for lens in timed.feat_lens)
     first = timed.waits[0] + (timed.steps[0] if timed.steps else 0.0)
     return {"wall_s": wall, "steady_wall_s": wall - first, "cpu_s": cpu, "waits": timed.waits, "steps": timed.steps,
@@ -301,12 +305,89 @@ def pair(run, loader, bare_batches, label: str, bare_first: bool = False) -> dic
     return {"loader": with_loader, "bare": bare}
 
 
-def lever_pair(run, loader, bare_batches, label: str) -> list[dict]:
-    """[one (loader, bare) pair] after an unmeasured pass of the loader: a fresh loader's first pass pays
-    its worker's start and the copy-on-write faults the fork leaves in this process (a pass 1.2-1.4x)."""
-    log(f"  {label}: an unmeasured pass first")
-    run_pass(run, loader)
-    return [pair(run, loader, bare_batches, label)]
+def lever_figures(run, loader, bare_batches, label: str, flops: float, roof: float, count: int) -> dict:
+    """A lever's unit_figures: `count` unit pairs (spec["lever_unit_pairs"])."""
+    return unit_figures(unit_pairs(run, loader, bare_batches, label, count), flops, roof)
+
+
+def child_pids() -> list[int]:
+    """This process's child processes (the loader's workers), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():  # field 4, after the command's ")"
+                children.append(int(entry.name))
+    return children
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]):
+    """Inside: the processes stopped (SIGSTOP), continued after (SIGCONT)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
+    """The pipeline ratio in short units: `count` (loader unit, bare unit) pairs of UNIT_BATCHES batches
+    (rounded up to whole passes over bare_batches, so that the loader ends where a pass would), in
+    alternating order, after an unmeasured pass of the loader (a fresh loader's first pass pays its
+    worker's start and the copy-on-write faults the fork leaves in this process).
+
+    A pair of 16-batch passes moves by 0.1-0.3 on a noisy host, whose speed drifts within seconds; two
+    units a second apart see nearly the same host. The loader's worker processes are stopped (SIGSTOP)
+    through every bare unit: left running they would fill their slots there, so that the next loader
+    unit would start with batches made on the bare unit's time. Stopped, a worker makes one batch per
+    batch taken, as in a run, and resumes the batch it was making.
+
+    Returns {"units": pairs, "passes": the units joined into pairs of whole passes, "first_pass"}."""
+    unit = min(UNIT_BATCHES, len(bare_batches))
+    per_pass = len(bare_batches) // unit
+    count = -(-count // per_pass) * per_pass
+    log(f"  {label}: an unmeasured pass first, then {count} pairs of {unit}-batch units")
+    first_pass = run_pass(run, loader)
+    workers = child_pids()
+    units = []
+    for i in range(count):
+        part = bare_batches[(i % per_pass) * unit:(i % per_pass + 1) * unit]
+        if i % 2:
+            with stopped(workers):
+                bare = run_pass(run, part)
+            fed = run_pass(run, itertools.islice(loader, unit))
+        else:
+            fed = run_pass(run, itertools.islice(loader, unit))
+            with stopped(workers):
+                bare = run_pass(run, part)
+        if fed["shapes"] != bare["shapes"]:
+            raise RuntimeError(f"{label}: the loader's batch shapes {fed['shapes']} differ from the pre-computed "
+                               f"ones {bare['shapes']}; the comparison would be unfair")
+        units.append({"loader": fed, "bare": bare})
+    passes = [{side: joined([u[side] for u in units[start:start + per_pass]]) for side in ("loader", "bare")}
+              for start in range(0, count, per_pass)]
+    ratios = [u["loader"]["wall_s"] / u["bare"]["wall_s"] for u in units]
+    log(f"  {label}: unit ratios median {statistics.median(ratios):.3f} "
+        f"(interval {median_interval(ratios).get('low')}-{median_interval(ratios).get('high')})")
+    return {"units": units, "passes": passes, "first_pass": first_pass}
+
+
+def joined(parts: list[dict]) -> dict:
+    """Consecutive run_pass results as one pass."""
+    first = parts[0]
+    return {"wall_s": sum(p["wall_s"] for p in parts),
+            "steady_wall_s": sum(p["wall_s"] for p in parts) - (first["wall_s"] - first["steady_wall_s"]),
+            "cpu_s": sum(p["cpu_s"] for p in parts),
+            "waits": [w for p in parts for w in p["waits"]], "steps": [s for p in parts for s in p["steps"]],
+            "page_faults_per_step": statistics.mean(p["page_faults_per_step"] for p in parts),
+            "shapes": [s for p in parts for s in p["shapes"]],
+            **{key: sum(p[key] for p in parts) for key in ("audio_s", "utterances", "padded_frames", "real_frames")}}
 
 
 def pass_figures(passes: list[dict], flops: float, roof: float) -> dict:
@@ -340,30 +421,32 @@ def pipeline_cpu(features: dict, bare: dict) -> dict:
             "share": rounded(features["cpu_s"] / step_cpu) if step_cpu else None}
 
 
-def epoch_ratio(pair_: dict, epoch_batches: int) -> float:
-    """The pass stretched to `epoch_batches` batches at its own steady per-batch rates: the
-    pipeline ratio of a whole epoch, which pays the loader's start (or restart) once."""
-    batches = len(pair_["bare"]["shapes"])
-    extra = max(0, epoch_batches - batches) / max(1, batches - 1)
-    loader, bare = pair_["loader"], pair_["bare"]
-    return (loader["wall_s"] + extra * loader["steady_wall_s"]) / (bare["wall_s"] + extra * bare["steady_wall_s"])
-
-
-def pairs_figures(pairs: list[dict], flops: float, roof: float, epoch_batches: int = 0) -> dict:
+def pairs_figures(pairs: list[dict], flops: float, roof: float) -> dict:
+    """Figures of (loader, bare) pairs of whole passes; the pipeline ratio is their walls' ratio."""
     loader = pass_figures([p["loader"] for p in pairs], flops, roof)
     bare = pass_figures([p["bare"] for p in pairs], flops, roof)
     ratios = [p["loader"]["wall_s"] / p["bare"]["wall_s"] for p in pairs]
     steady = [p["loader"]["steady_wall_s"] / max(1e-9, p["bare"]["steady_wall_s"]) for p in pairs]
     shapes = pairs[0]["bare"]["shapes"]
-    epoch = [epoch_ratio(p, epoch_batches) for p in pairs]
-    per_epoch = {"pipeline_ratio_epoch_estimate": summarize(epoch),
-                 "pipeline_ratio_epoch_estimate_interval": median_interval(epoch),
-                 "epoch_batches": epoch_batches} if epoch_batches else {}
     return {"with_loader": loader, "bare_step": bare, "pipeline_ratio": summarize(ratios),
             "pipeline_ratio_interval": median_interval(ratios),
-            "pipeline_ratio_steady": summarize(steady), **per_epoch, "batches": len(shapes),
+            "pipeline_ratio_steady": summarize(steady), "batches": len(shapes),
             "batch_shapes": [list(s) for s in shapes], "train_gflop_per_pass": rounded(flops / 1e9),
             "padding_measured": rounded(pairs[0]["bare"]["padded_frames"] / pairs[0]["bare"]["real_frames"] - 1)}
+
+
+def unit_figures(measured: dict, flops: float, roof: float) -> dict:
+    """pairs_figures of unit_pairs' joined passes (throughput, roof, reader share), with the pipeline
+    ratio from the units: the median unit pair and its interval (pipeline_ratio_passes: the joined
+    passes' ratios), and the first pass's wall against the median bare pass (paid once a run)."""
+    figures = pairs_figures(measured["passes"], flops, roof)
+    units = [u["loader"]["wall_s"] / u["bare"]["wall_s"] for u in measured["units"]]
+    bare_pass = statistics.median(p["bare"]["wall_s"] for p in measured["passes"])
+    return {**figures, "pipeline_ratio": summarize(units), "pipeline_ratio_interval": median_interval(units),
+            "pipeline_ratio_passes": figures["pipeline_ratio"],
+            "pipeline_ratio_passes_interval": figures["pipeline_ratio_interval"],
+            "unit_batches": len(measured["units"][0]["bare"]["shapes"]), "unit_pairs": len(units),
+            "first_pass_ratio": rounded(measured["first_pass"]["wall_s"] / bare_pass)}
 
 
 # ----------------------------------------------------------------------------- worker: set-up
@@ -430,13 +513,11 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
     warm = warm_up(run, bare_batches)
     placement.apply(run.placement)  # as train.py's loop does
     try:
-        repeats = spec["repeats"] * REPEATS_FACTOR
-        pairs = [pair(run, loader, bare_batches, f"{name} repeat {i + 1}", bare_first=i % 2 == 1)
-                 for i in range(repeats)]
+        measured = unit_pairs(run, loader, bare_batches, name, spec["unit_pairs"])
         kernels = kernels_lever(run, bare_batches, flops, roof_before["roof_gflops"])
         views = strided_views_lever(run, bare_batches, flops, roof_before["roof_gflops"])
         other_loader = other_loader_lever(run, cfg, bare_batches, flops, roof_before["roof_gflops"],
-                                          max(OTHER_LOADER_PAIRS, repeats // 3))
+                                          max(1, spec["unit_pairs"] // 3))
         lever_figures = loader_levers(run, cfg, spec, bare_batches, flops, roof_before["roof_gflops"]) \
             if levers else None
     finally:
@@ -453,7 +534,7 @@ def loader_worker(spec: dict, config_path: str, name: str, model_overrides: dict
               "num_workers": cfg.data.num_workers, "augmentation": cfg.data.augment_conf_path,
               "warm_up_step_s": rounded(warm), "gemm": roof, "recurrent_product": product,
               "roof_ceiling": ceiling,
-              **pairs_figures(pairs, flops, roof["roof_gflops"], spec.get("epoch_batches", 0))}
+              **unit_figures(measured, flops, roof["roof_gflops"])}
     report["pipeline_cpu"] = pipeline_cpu(PIPELINE_CPU[0], report["bare_step"])
     report["thread_placement"] = run.placement.note
     report["malloc"] = run.malloc_note
@@ -489,27 +570,29 @@ def unplaced(run, release: bool = True):
 def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: float) -> dict:
     """num_workers 0, 1 and 2 but the config's (the main figure), thread placement off, workers not
     niced, the loader restarted each pass, numpy's feature path instead of our C++ front end, numpy's
-    BLAS on 1 thread (forked workers inherit it), augmentation off, each a (loader, bare) pair on the
-    same batches, and the loader with every sample computed beforehand (its own cost without the
-    features)."""
+    BLAS on 1 thread (forked workers inherit it), augmentation off, and the loader with every sample
+    computed beforehand (its own cost without the features), each as unit pairs on the same batches
+    (the restarted loader as one pair of passes)."""
     from utils import feature_kernels
     from utils.data import SpeechDataset
+
+    def measured(loader, label: str, batches: list = bare_batches, batches_flops: float = flops) -> dict:
+        return lever_figures(run, loader, batches, label, batches_flops, roof, spec["lever_unit_pairs"])
 
     levers = {}
     for workers in [w for w in spec["lever_workers"] if w != cfg.data.num_workers]:
         with unplaced(run, workers <= 0):  # train.py does not place threads without loader workers
             loader = run_loader(run, cfg, num_workers=workers, placed=workers > 0)
-            figures = pairs_figures(lever_pair(run, loader, bare_batches, f"num_workers={workers}"), flops,
-                                    roof)
+            figures = measured(loader, f"num_workers={workers}")
         levers[f"num_workers_{workers}"] = _lever_summary(figures)
     if cfg.data.num_workers > 0:
         with unplaced(run):  # threads and workers where the OS puts them, workers niced
             loader = run_loader(run, cfg, placed=False)
-            figures = pairs_figures(lever_pair(run, loader, bare_batches, "thread placement off"), flops, roof)
+            figures = measured(loader, "thread placement off")
         levers[f"thread_placement_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
         with unplaced(run):  # and at normal priority
             loader = run_loader(run, cfg, niced=False, placed=False)
-            figures = pairs_figures(lever_pair(run, loader, bare_batches, "worker not niced"), flops, roof)
+            figures = measured(loader, "worker not niced")
         levers[f"worker_not_niced_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
         loader = RestartedEachPass(run, cfg)
         figures = pairs_figures([pair(run, loader, bare_batches, "loader restarted each pass")], flops, roof)
@@ -517,14 +600,12 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     if feature_kernels.load() is not None:  # the same batches through numpy's feature path
         feature_kernels.disable()  # forked loader workers inherit it
         try:
-            figures = pairs_figures(lever_pair(run, run_loader(run, cfg), bare_batches, "numpy features"), flops,
-                                    roof)
+            figures = measured(run_loader(run, cfg), "numpy features")
         finally:
             feature_kernels.disable(False)
         levers[f"numpy_features_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     with blas_threads(1) as blas:  # forked loader workers inherit the limit
-        figures = pairs_figures(lever_pair(run, run_loader(run, cfg), bare_batches, "numpy BLAS 1 thread"), flops,
-                                roof)
+        figures = measured(run_loader(run, cfg), "numpy BLAS 1 thread")
         levers[f"numpy_blas_1_thread_num_workers_{cfg.data.num_workers}"] = dict(_lever_summary(figures),
                                                                                  blas_threads=blas)
     plain = SpeechDataset(run.train_set.utterances, run.vocabulary, cfg.features.feature_method,
@@ -533,42 +614,35 @@ def loader_levers(run, cfg, spec: dict, bare_batches: list, flops: float, roof: 
     plain_flops = train_flops(model_dict(cfg), run.model.feat_dim, len(run.vocabulary),
                               [tuple(b[0].shape[:2]) for b in plain_batches])
     loader = run_loader(run, cfg, dataset=plain)
-    figures = pairs_figures(lever_pair(run, loader, plain_batches, "augmentation off"), plain_flops, roof)
+    figures = measured(loader, "augmentation off", plain_batches, plain_flops)
     levers[f"augmentation_off_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
-    # the loader's own cost: the same worker and batches, samples computed beforehand (3 pairs:
-    # one pair moves by a few %)
+    # the loader's own cost: the same worker and batches, samples computed beforehand
     run.sampler.set_epoch(MEASURED_EPOCH, 0)
     cached = CachedSamples(run.train_set, [key for keys in run.sampler for key in keys])
     loader = run_loader(run, cfg, dataset=cached)
-    figures = pairs_figures([pair(run, loader, bare_batches, f"samples cached {i + 1}", bare_first=i % 2 == 1)
-                             for i in range(CACHED_PAIRS)], flops, roof)
+    figures = measured(loader, "samples cached")
     levers[f"samples_cached_num_workers_{cfg.data.num_workers}"] = _lever_summary(figures)
     return levers
 
 
-CACHED_PAIRS = 3
-OTHER_LOADER_PAIRS = 2
-# A pair's ratio spread from 1.0 to 1.36 in one 15-pair peer run (its passes take 1.5-2 s) and from
-# 0.92 to 1.13 in a 5-pair demo run on a noisy 2-core AMD host: three times --repeats for both.
-REPEATS_FACTOR = 3
+# Batches per unit of unit_pairs. On the noisy 2-core AMD host, 120 pairs of 4-batch units held the
+# median of the peer config's pipeline ratio within 1.026-1.060 (90 % interval), where fifteen pairs of
+# 16-batch passes had held it within 0.96-1.11, in less than twice the time.
+UNIT_BATCHES = 4
 
 
-def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float,
-                       pairs_count: int = OTHER_LOADER_PAIRS) -> dict:
-    """`pairs_count` pairs of the other loader's (data.loader: our slots or Paddle's DataLoader,
-    utils/batch_workers.py) against the bare step, after an unmeasured pass, on the same batches."""
+def other_loader_lever(run, cfg, bare_batches: list, flops: float, roof: float, pairs_count: int) -> dict:
+    """`pairs_count` unit pairs of the other loader's (data.loader: our slots or Paddle's DataLoader,
+    utils/batch_workers.py) against the bare step, on the same batches."""
     from utils.data import LOADERS
 
     if cfg.data.num_workers <= 0:
         return {"used": False, "why": "data.num_workers=0: this process makes the batches with either loader"}
     other = next(name for name in LOADERS if name != cfg.data.loader)
     loader = run_loader(run, cfg, loader=other)
-    log(f"  data.loader={other}: an unmeasured pass first")
-    run_pass(run, loader)
-    pairs = [pair(run, loader, bare_batches, f"data.loader={other} {i + 1}", bare_first=i % 2 == 1)
-             for i in range(pairs_count)]
+    measured = unit_pairs(run, loader, bare_batches, f"data.loader={other}", pairs_count)
     loader.close()
-    return {"used": True, "loader": other, **_lever_summary(pairs_figures(pairs, flops, roof))}
+    return {"used": True, "loader": other, **_lever_summary(unit_figures(measured, flops, roof))}
 
 
 def kernels_lever(run, bare_batches: list, flops: float, roof: float) -> dict:
@@ -669,6 +743,7 @@ def _lever_summary(figures: dict) -> dict:
     return {"audio_s_per_s": figures["with_loader"]["audio_s_per_s"]["median"],
             "bare_audio_s_per_s": figures["bare_step"]["audio_s_per_s"]["median"],
             "pipeline_ratio": figures["pipeline_ratio"]["median"],
+            "pipeline_ratio_interval": figures["pipeline_ratio_interval"],
             "pipeline_ratio_steady": figures["pipeline_ratio_steady"]["median"],
             "reader_share": figures["with_loader"]["reader_share"],
             "reader_share_steady": figures["with_loader"]["reader_share_steady"],
@@ -824,8 +899,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=None, help="2-4 s clips in the benchmark subset")
     parser.add_argument("--batch_size", type=int, default=None, help="demo and peer batch size (16)")
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (16)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="(loader, bare) pass pairs, times three for the demo and peer configs (5)")
+    parser.add_argument("--unit_pairs", type=int, default=None,
+                        help="(loader, bare) pairs of 4-batch units for the pipeline ratio (120)")
     parser.add_argument("--ref_steps", type=int, default=None, help="steps of the reference config (3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "threads", "reference", "memory"],
                         help="parts to leave out")
@@ -839,7 +914,8 @@ def sizes(args) -> dict:
     quick = args.quick
     pick = lambda value, full, small: value if value is not None else (small if quick else full)  # noqa: E731
     return {"batch_size": pick(args.batch_size, 16, 4), "batches": pick(args.batches, 16, 2),
-            "repeats": pick(args.repeats, 5, 1), "ref_steps": pick(args.ref_steps, 3, 2),
+            "unit_pairs": pick(args.unit_pairs, 120, 2), "lever_unit_pairs": 1 if quick else 12,
+            "ref_steps": pick(args.ref_steps, 3, 2),
             "ref_batch_size": 2 if quick else 16, "utterances": pick(args.utterances, 400, 16),
             "gemm_size": 1024 if quick else 2048, "gemm_repeats": 3 if quick else 5,
             "lever_workers": [0, 1, 2], "threads_batches": 1 if quick else 3,
@@ -881,9 +957,6 @@ def verdicts(report: dict) -> dict:
                                     "target": f"< {TARGETS['reader_share_max']}",
                                     "met": demo["with_loader"]["reader_share"] < TARGETS["reader_share_max"]}
         out["demo_pipeline_ratio"] = ratio_verdict(demo, "pipeline_ratio")
-        if "pipeline_ratio_epoch_estimate" in demo:
-            out["demo_pipeline_ratio_epoch_estimate"] = {**ratio_verdict(demo, "pipeline_ratio_epoch_estimate"),
-                                                         "epoch_batches": demo["epoch_batches"]}
         value = demo["bare_step"]["roof_fraction"]
         out["demo_roof_fraction"] = {"value": value, "target": f">= {TARGETS['roof_fraction_min']}",
                                      "met": value >= TARGETS["roof_fraction_min"],
@@ -937,16 +1010,16 @@ def main(argv=None) -> int:
         corpus = find_corpus(args.corpus, work, num_train=int(size["utterances"] * 1.7) + 16)
         subset = write_subset(corpus.train_manifest, work / "bench.train", size["utterances"], *CLIP_SECONDS)
         report.update(corpus=corpus.as_dict(), subset=subset, peer=PEER, targets=TARGETS)
-        spec = dict(size, corpus=corpus.as_dict(), subset=subset["manifest"], work=str(work),
-                    epoch_batches=epoch_batch_count(corpus, size["batch_size"]))
+        spec = dict(size, corpus=corpus.as_dict(), subset=subset["manifest"], work=str(work))
         if "demo" not in args.skip:
             report["demo"] = worker("demo", spec, args.timeout)
             report["demo"].setdefault("padding_waste", {})["full_corpus"] = full_corpus_padding(corpus, size)
         if "peer" not in args.skip:
             report["peer_equivalent"] = worker("peer", spec, args.timeout)
-            report["peer_equivalent_mkl_stock_1_thread"] = worker("peer", dict(spec, mkl="stock", threads=1),
+            fewer = dict(spec, unit_pairs=max(1, spec["unit_pairs"] // 3))  # comparisons: a third of the pairs
+            report["peer_equivalent_mkl_stock_1_thread"] = worker("peer", dict(fewer, mkl="stock", threads=1),
                                                                   args.timeout)
-            report["peer_equivalent_freed_memory_returned"] = worker("peer", dict(spec, keep_freed_memory=False),
+            report["peer_equivalent_freed_memory_returned"] = worker("peer", dict(fewer, keep_freed_memory=False),
                                                                      args.timeout)
         if "threads" not in args.skip:
             report["threads"] = thread_levers(spec, args.timeout)
@@ -958,13 +1031,6 @@ def main(argv=None) -> int:
         report["load_average_end"] = load_average()
     emit(report)
     return 0
-
-
-def epoch_batch_count(corpus, batch_size: int) -> int:
-    """Batches in one epoch of the corpus's training manifest (0.5-20 s, as the demo config keeps)."""
-    from utils.manifest import read_manifest
-
-    return -(-len(read_manifest(corpus.train_manifest, None, 0.5, 20.0)) // batch_size)
 
 
 def full_corpus_padding(corpus, size: dict) -> dict:
