@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from train_fixtures import ROOT, max_abs_diff, model_folder, read_params, spoken_corpus, tiny_config  # noqa: F401
-from utils.augment import (Augmentation, add_noise, load_augmentation, resample_perturb, spec_augment, spec_sub,
-                           speed_perturb, time_shift, volume_perturb)
+from utils.audio import load_audio
+from utils.augment import (Augmentation, _round_trip, add_noise, load_augmentation, resample_perturb, spec_augment,
+                           spec_sub, speed_perturb, time_shift, volume_perturb)
+from utils.features import LOG_FLOOR, _mel_matrix, compute_features
 from utils.config import parse_args
 from utils.data import SpeechDataset
 from utils.manifest import read_manifest
@@ -111,6 +113,44 @@ def test_resample_keeps_length_and_removes_the_upper_band():
     assert spectrum_out[upper].sum() < 1e-3 * spectrum_in[upper].sum()
     lower = slice(0, int(3500 / SR * len(samples)))
     assert spectrum_out[lower].sum() == pytest.approx(spectrum_in[lower].sum(), rel=0.05)
+
+
+def test_band_limit_in_the_features_matches_the_audio_round_trip(spoken_corpus):
+    # real speech (espeak-ng): the features of soxr's round trip and the band-limited features
+    clips = [load_audio(u.audio_filepath, SR) for u in read_manifest(str(spoken_corpus / "manifest.train"))[:6]]
+    mel = _mel_matrix(SR, 512, 80)  # [80, 257]
+    band_hz = np.fft.rfftfreq(512, 1 / SR)
+    lowest_hz = np.array([band_hz[np.flatnonzero(row)[0]] for row in mel])  # each band's lowest and highest bin
+    highest_hz = np.array([band_hz[np.flatnonzero(row)[-1]] for row in mel])
+    for low in (8000, 11025):
+        diffs, above = [], []
+        for samples in clips:
+            audio = compute_features(_round_trip(samples, low, SR), "fbank", SR, 80)  # [T, 80]
+            limited = compute_features(samples, "fbank", SR, 80, band_limit_hz=low / 2)
+            diffs.append(np.abs(audio - limited).mean(axis=0))  # [80]
+            above.append(limited[:, lowest_hz >= 0.98 * low / 2])
+        diff = np.mean(diffs, axis=0)
+        assert diff[highest_hz < 0.85 * low / 2].max() < 1e-3  # below the band edge: untouched by either
+        assert diff.mean() < 0.06 and diff.max() < 1.5, (low, diff.round(2))
+        np.testing.assert_allclose(np.concatenate(above), np.log(LOG_FLOOR), rtol=1e-6)  # nothing above
+
+
+def test_resample_left_to_the_features_draws_as_the_audio_path(tmp_path):
+    entries = [{"type": "speed", "prob": 1.0}, {"type": "volume", "prob": 0.5},
+               {"type": "resample", "params": {"rates": [8000, 11025]}, "prob": 1.0}]
+    augmentation, samples = load_augmentation(write_conf(tmp_path, entries)), white(1.0)
+    for seed in range(4):
+        audio_rng, feature_rng = rng(seed), rng(seed)
+        whole = augmentation.apply_audio(samples, audio_rng)
+        partial, band_limit_hz = augmentation.apply_audio_for_features(samples, feature_rng)
+        assert band_limit_hz in (4000.0, 5512.5)
+        np.testing.assert_array_equal(_round_trip(partial, int(band_limit_hz * 2), SR), whole)
+        assert audio_rng.random() == feature_rng.random()  # the same draws, so later steps see the same numbers
+    # an audio step after the resample: applied to the audio, as apply_audio does
+    louder_after = load_augmentation(write_conf(tmp_path, entries[2:] + [{"type": "volume", "prob": 1.0}]))
+    partial, band_limit_hz = louder_after.apply_audio_for_features(samples, rng(5))
+    assert band_limit_hz is None
+    np.testing.assert_array_equal(partial, louder_after.apply_audio(samples, rng(5)))
 
 
 # ----------------------------------------------------------------------------- features

@@ -100,3 +100,27 @@ def test_mean_std_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded["mean"], mean)
     with pytest.raises(FileNotFoundError, match="run python create_data.py"):
         load_mean_std(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("method", ["linear", "fbank"])
+def test_band_limit_removes_the_power_above_it_on_both_paths(method):
+    from utils import feature_kernels
+    from utils.features import LOG_FLOOR, band_gain
+
+    samples = np.random.default_rng(3).standard_normal(16000).astype(np.float32) * 0.1  # white: power in every bin
+    full = compute_features(samples, method)
+    limited = compute_features(samples, method, band_limit_hz=4000.0)
+    assert limited.shape == full.shape
+    gain = band_gain(16000, 320 if method == "linear" else 512, 4000.0)  # [bins]: 1 to 0.9 x 4 kHz, 0 from 0.98 x
+    assert gain[0] == 1.0 and gain[int(0.9 * 4000 / 16000 * len(gain) * 2) - 1] == 1.0 and gain[-1] == 0.0
+    if method == "linear":  # bin k at k * 50 Hz
+        np.testing.assert_allclose(limited[:, :72], full[:, :72], atol=1e-5)  # up to 3.55 kHz: untouched
+        np.testing.assert_allclose(limited[:, 79:], np.log(LOG_FLOOR), rtol=1e-6)  # from 3.95 kHz: nothing
+    else:
+        assert np.abs(limited - full).mean(axis=0)[:40].max() < 1e-5
+        np.testing.assert_allclose(limited[:, -1], np.log(LOG_FLOOR), rtol=1e-6)
+    feature_kernels.disable()  # numpy's path gives the same values
+    try:
+        np.testing.assert_allclose(compute_features(samples, method, band_limit_hz=4000.0), limited, atol=1e-4)
+    finally:
+        feature_kernels.disable(False)

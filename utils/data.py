@@ -52,8 +52,8 @@ class SpeechDataset(paddle.io.Dataset):
         rng = np.random.default_rng((self.seed, epoch, index))
         utterance = self.utterances[index]
         samples = load_audio(utterance.audio_filepath, self.sample_rate)
-        samples = self.augmentation.apply_audio(samples, rng)
-        feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels)
+        samples, band_limit_hz = self.augmentation.apply_audio_for_features(samples, rng)
+        feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels, band_limit_hz)
         feats = self.augmentation.apply_features(feats, rng)
         return feats, np.asarray(self.vocabulary.encode(utterance.text), dtype=np.int32), index
 
