@@ -85,12 +85,23 @@ def cubic_reference(samples: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("count, length", [(1, 3), (2, 5), (5, 7), (5, 3), (1000, 1111), (1000, 909)])
+# the last three: eight outputs at a time with AVX-512 (rates up to 1.5), with a scalar start and tail
+@pytest.mark.parametrize("count, length", [(1, 3), (2, 5), (5, 7), (5, 3), (1000, 1111), (1000, 909), (40, 37),
+                                           (48000, 43637), (48001, 53334)])
 def test_cubic_resample_equals_the_reference(count, length):
     samples = np.random.default_rng(count).uniform(-1, 1, count).astype(np.float32)
     out = feature_kernels.cubic_resample(samples, length)
     assert out.shape == (length,) and out.dtype == np.float32
-    np.testing.assert_allclose(out, cubic_reference(samples, length), rtol=0, atol=2e-6)
+    # 32.32 fixed-point positions: the truncated step puts output i up to i * 2^-32 samples early, which
+    # moves a value by up to about 4x that on samples drawn from [-1, 1]
+    np.testing.assert_allclose(out, cubic_reference(samples, length), rtol=0, atol=2e-6 + 4 * length * 2.0 ** -32)
+
+
+def test_cubic_resample_beyond_rate_one_and_a_half_is_the_same_interpolation():
+    samples = np.random.default_rng(7).uniform(-1, 1, 3001).astype(np.float32)  # rates 1.6 and 2.5
+    for length in (1875, 1200):
+        np.testing.assert_allclose(feature_kernels.cubic_resample(samples, length), cubic_reference(samples, length),
+                                   rtol=0, atol=2e-6)
 
 
 def test_cubic_resample_to_the_same_length_returns_the_samples():
