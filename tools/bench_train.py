@@ -326,14 +326,18 @@ def child_pids() -> list[int]:
 
 @contextlib.contextmanager
 def stopped(pids: list[int]):
-    """Inside: the processes stopped (SIGSTOP), continued after (SIGCONT)."""
+    """Inside: the processes stopped (SIGSTOP), continued after (SIGCONT); one already gone is skipped."""
+    def send(pid: int, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+
     for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        send(pid, signal.SIGSTOP)
     try:
         yield
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            send(pid, signal.SIGCONT)
 
 
 def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
