@@ -181,7 +181,7 @@ class Augmentation:
         """apply_audio's steps and draws, except that a resample perturbation with no audio step after it
         comes back as a band limit (Hz, else None) for compute_features(band_limit_hz=...) instead of
         soxr's round trip: the same features within 0.04 log units on average (utils/features.py), for
-        1.2 ms less of a 3 s clip's CPU (the loader worker's largest step after the fbank itself)."""
+        0.4-0.8 ms less CPU a 3 s clip where it fires (the worker's largest step after the fbank itself)."""
         deferred = None  # (lower rate, sample rate) of a resample perturbation not yet applied
         for function, params, prob in self.audio:
             if rng.random() >= prob:
