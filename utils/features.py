@@ -93,17 +93,19 @@ BAND_EDGE_END = 0.98
 BAND_EDGE_START = 0.90
 
 
+@functools.lru_cache(maxsize=16)
 def band_gain(sample_rate: int, n_fft: int, band_limit_hz: float) -> np.ndarray:
-    """[n_fft // 2 + 1] power gains of a band limit at band_limit_hz."""
+    """[n_fft // 2 + 1] float32 power gains of a band limit at band_limit_hz."""
     bin_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
     end, start = BAND_EDGE_END * band_limit_hz, BAND_EDGE_START * band_limit_hz
-    return np.clip((end - bin_hz) / (end - start), 0.0, 1.0) ** 2
+    return (np.clip((end - bin_hz) / (end - start), 0.0, 1.0) ** 2).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
 def _weights(feature_method: str, sample_rate: int, n_mels: int, band_limit_hz: float | None) -> np.ndarray | None:
-    """The [dim, bins] weights the features take of the power spectrum: the mel filters for fbank;
-    for linear none (every bin as it is), or with a band limit the diagonal of its gains."""
+    """The [dim, bins] weights the C++ front end takes of the power spectrum: the mel filters for
+    fbank; for linear none (every bin as it is), or with a band limit the diagonal of its gains
+    (the front end skips each row's zeros)."""
     n_fft = window_and_stride("linear", sample_rate)[0] if feature_method == "linear" else FBANK_FFT_SIZE
     if feature_method == "linear":
         if band_limit_hz is None:
@@ -145,7 +147,10 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear", sample
     if feats is not None:
         return feats
     power = power_spectrum(samples, window, stride, n_fft)  # [T, n_fft // 2 + 1]
-    return np.log((power if weights is None else power @ weights.T) + LOG_FLOOR)  # [T, D]
+    if feature_method == "linear":  # a band limit's gains bin by bin, not through a diagonal matrix
+        gains = None if band_limit_hz is None else band_gain(sample_rate, n_fft, band_limit_hz)
+        return np.log((power if gains is None else power * gains) + LOG_FLOOR)  # [T, 161]
+    return np.log(power @ weights.T + LOG_FLOOR)  # [T, n_mels]
 
 
 class FeatureStats:
