@@ -377,8 +377,9 @@ def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
     passes = [{side: joined([u[side] for u in units[start:start + per_pass]]) for side in ("loader", "bare")}
               for start in range(0, count, per_pass)]
     ratios = [u["loader"]["wall_s"] / u["bare"]["wall_s"] for u in units]
+    interval = median_interval(ratios)
     log(f"  {label}: unit ratios median {statistics.median(ratios):.3f} "
-        f"(interval {median_interval(ratios).get('low')}-{median_interval(ratios).get('high')})")
+        f"(interval {interval.get('low')}-{interval.get('high')})")
     return {"units": units, "passes": passes, "first_pass": first_pass}
 
 
