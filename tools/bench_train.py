@@ -292,17 +292,20 @@ def precompute(dataset, sampler) -> list:
 PIPELINE_CPU: list[dict] = []  # per precompute() call: CPU and wall seconds per batch (features, collate)
 
 
-def pair(run, loader, bare_batches, label: str, bare_first: bool = False) -> dict:
-    """A loader pass and a bare pass over the same batches (in either order, to cancel drift)."""
-    log(f"  {label}: loader and bare passes ({'bare' if bare_first else 'loader'} first)")
-    bare = run_pass(run, bare_batches) if bare_first else None
+def pair(run, loader, bare_batches, label: str) -> dict:
+    """A loader pass, then a bare pass over the same batches (the lever that restarts the loader)."""
+    log(f"  {label}: loader and bare passes")
     with_loader = run_pass(run, loader)
-    bare = bare or run_pass(run, bare_batches)
+    bare = run_pass(run, bare_batches)
     log(f"  {label}: {with_loader['wall_s']:.2f} s with the loader, {bare['wall_s']:.2f} s bare")
+    check_same_shapes(label, with_loader, bare)
+    return {"loader": with_loader, "bare": bare}
+
+
+def check_same_shapes(label: str, with_loader: dict, bare: dict) -> None:
     if with_loader["shapes"] != bare["shapes"]:
         raise RuntimeError(f"{label}: the loader's batch shapes {with_loader['shapes']} differ from the "
                            f"pre-computed ones {bare['shapes']}; the comparison would be unfair")
-    return {"loader": with_loader, "bare": bare}
 
 
 def lever_figures(run, loader, bare_batches, label: str, flops: float, roof: float, count: int) -> dict:
@@ -370,9 +373,7 @@ def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
             fed = run_pass(run, itertools.islice(loader, unit))
             with stopped(workers):
                 bare = run_pass(run, part)
-        if fed["shapes"] != bare["shapes"]:
-            raise RuntimeError(f"{label}: the loader's batch shapes {fed['shapes']} differ from the pre-computed "
-                               f"ones {bare['shapes']}; the comparison would be unfair")
+        check_same_shapes(label, fed, bare)
         units.append({"loader": fed, "bare": bare})
     passes = [{side: joined([u[side] for u in units[start:start + per_pass]]) for side in ("loader", "bare")}
               for start in range(0, count, per_pass)]
