@@ -54,6 +54,18 @@ def test_log_power_without_mel_equals_numpy(window, frames):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("n_fft", [4, 8, 16, 32, 64, 128, 1024, 2048])
+def test_every_power_of_two_fft_size_equals_numpy(n_fft):
+    """An odd number of radix-2 stages (n_fft 4, 16, 64, 1024: one radix-2 stage, then pairs) and an even
+    one (8, 32, 128, 2048: pairs only); 20 frames: two full blocks of eight and a partial one."""
+    window, stride = n_fft, n_fft // 2
+    samples = speech_like(2.0, seed=2)[:window + 19 * stride]
+    ours = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), None, LOG_FLOOR)
+    reference = np.log(power_spectrum(samples, window, stride, n_fft) + LOG_FLOOR)
+    assert ours.shape == reference.shape == (20, n_fft // 2 + 1)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-3)
+
+
 def test_fft_sizes_that_are_not_powers_of_two_go_to_numpy():
     samples = speech_like(0.5)
     assert feature_kernels.log_power_features(samples, 320, 160, 320, _hann(320), None, LOG_FLOOR) is None
