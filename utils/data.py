@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -24,6 +25,25 @@ from utils.text import Vocabulary
 
 DURATION_JITTER = 0.1  # batches mix durations within +-10 % so they differ between epochs
 LOADERS = ("slots", "paddle")  # data.loader: utils/batch_workers.py, or paddle.io.DataLoader
+
+
+SAMPLE_STREAM_KEY = 0x5A3D4E2B  # the second Philox key word of the samples' draws: their own streams
+_sample_generators = threading.local()  # one generator a thread, re-keyed for each sample
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's augmentation draws, the same in any worker, process or run: Philox,
+    a counter-based generator, keyed by the seed, its counter starting at (0, index, epoch, 0). The draws
+    advance only the first word (2^64 blocks of four numbers), so the samples' streams never overlap.
+    Valid until this thread's next call. Setting its state costs about 1 us against 12 for a fresh
+    default_rng((seed, epoch, index)), whose hashing cost a loader worker 0.5 ms of its 5.6 ms a batch."""
+    generator = getattr(_sample_generators, "generator", None)
+    if generator is None:
+        generator = _sample_generators.generator = np.random.Generator(np.random.Philox(key=0))
+    generator.bit_generator.state = {
+        "bit_generator": "Philox", "state": {"counter": [0, index, epoch, 0], "key": [seed % 2 ** 64, SAMPLE_STREAM_KEY]},
+        "buffer": [0, 0, 0, 0], "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return generator
 
 
 class SpeechDataset(paddle.io.Dataset):
@@ -49,7 +69,7 @@ class SpeechDataset(paddle.io.Dataset):
 
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.utterances))
-        rng = np.random.default_rng((self.seed, epoch, index))
+        rng = sample_rng(self.seed, epoch, index)
         utterance = self.utterances[index]
         samples = load_audio(utterance.audio_filepath, self.sample_rate)
         samples, band_limit_hz = self.augmentation.apply_audio_for_features(samples, rng)
