@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ def test_a_samples_draws_depend_on_seed_epoch_and_index_alone():
     assert others[-1] == first  # the seed counts modulo 2^64
     # pinned: a change of generator or keying changes every run's augmentation
     np.testing.assert_allclose(first, PINNED_SAMPLE_DRAWS, rtol=0, atol=1e-15)
+    # each thread has its own generator: a sample begun here is not disturbed by one made in another thread
+    outer, inner = sample_rng(3, 1, 7), []
+    head = outer.random(3).tolist()
+    thread = threading.Thread(target=lambda: inner.append(draws(3, 1, 8)))
+    thread.start()
+    thread.join()
+    assert head + outer.random(3).tolist() == first and inner == [draws(3, 1, 8)]
 
 
 PINNED_SAMPLE_DRAWS = [0.9006134549126954, 0.34692702045684165, 0.9288408613508304, 0.07300167523349887,
