@@ -6,16 +6,18 @@ FLOP count and padding figures, which are arithmetic, are pinned.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tools.bench_all import with_interval
+from tools.bench_all import _ms, with_interval
 from tools.bench_common import interval_says, median_interval, summarize
-from tools.bench_train import (epoch_padding, forward_flops, joined, recurrent_train_flops, roof_ceiling,
-                               train_flops)
+from tools.bench_train import (epoch_padding, forward_flops, joined, processes_cpu_s, recurrent_train_flops,
+                               roof_ceiling, train_flops)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"min", "median", "max", "mean", "n"}
@@ -43,6 +45,22 @@ def test_interval_says_settles_a_target_only_when_the_whole_interval_does():
                "interval_says": "undecided"}
     assert with_interval("<= 1.05", verdict) == "<= 1.05; median in 1.01-1.09 (96%): undecided"
     assert with_interval("<= 1.05", None) == "<= 1.05"
+
+
+def test_processes_cpu_counts_a_busy_child_and_skips_one_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while processes_cpu_s([child.pid]) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.25 <= processes_cpu_s([child.pid]) < 5
+    finally:
+        child.kill()
+        child.wait()
+    assert processes_cpu_s([child.pid]) == 0  # reaped: no /proc entry
+    assert processes_cpu_s([]) == 0 and processes_cpu_s([os.getpid()]) > 0
+    assert _ms(0.0123) == "12.3" and _ms(None) == "-"
 
 
 def test_joined_units_add_up_to_one_pass():
@@ -129,6 +147,8 @@ def test_bench_train_keys(report):
         {f"thread_placement_off_num_workers_{workers}"} if demo["thread_placement"].startswith("threads: OpenMP")
         else set())
     assert {"features_cpu_s_per_batch", "bare_step_cpu_s_per_batch", "share"} <= set(demo["pipeline_cpu"])
+    beside = demo["worker_cpu_s_per_batch_beside_step"]  # the loader's workers, read from /proc
+    assert beside is None if workers == 0 else beside >= 0
     kernels = demo["cpu_kernels"]  # the lever on and off: ours (utils/cpu_kernels.py) and Paddle's
     assert kernels["used"] and kernels["ours_audio_s_per_s"] > 0 and kernels["paddle_audio_s_per_s"] > 0
     other = demo["other_loader"]  # data.loader: Paddle's DataLoader against our slots (utils/batch_workers.py)

@@ -40,6 +40,11 @@ def _get(report: dict, *keys, default=None):
     return report
 
 
+def _ms(seconds) -> str:
+    """Seconds as milliseconds to one decimal; '-' where the report has none."""
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
 def with_interval(target: str, verdict) -> str:
     """The target, and where its verdict's interval for the median lies and what that settles."""
     if not isinstance(verdict, dict) or "median_interval" not in verdict:
@@ -80,6 +85,9 @@ def table_rows(benchmarks: dict) -> list[tuple[str, object, str]]:
                                                           "median"), ">= 135 (2 x 67.5)"),
         ("train peer-equivalent pipeline ratio", _get(t, "peer_equivalent", "pipeline_ratio", "median"),
          with_interval("<= 1.05", _get(t, "verdicts", "peer_equivalent_pipeline_ratio"))),
+        ("train loader worker CPU ms/batch beside the step, demo / peer config",
+         f"{_ms(_get(t, 'demo', 'worker_cpu_s_per_batch_beside_step'))} / "
+         f"{_ms(_get(t, 'peer_equivalent', 'worker_cpu_s_per_batch_beside_step'))}", ""),
         ("train peer-equiv. MKL stock, 1 thread, audio-s/s", _get(t, "peer_equivalent_mkl_stock_1_thread",
                                                                   "with_loader", "audio_s_per_s", "median"),
          "(peer's settings)"),

@@ -327,6 +327,18 @@ def child_pids() -> list[int]:
     return children
 
 
+def processes_cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds these processes have used so far, from /proc (none for one gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15, after the command's ")"
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def stopped(pids: list[int]):
     """Inside: the processes stopped (SIGSTOP), continued after (SIGCONT); one already gone is skipped."""
@@ -355,13 +367,16 @@ def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
     unit would start with batches made on the bare unit's time. Stopped, a worker makes one batch per
     batch taken, as in a run, and resumes the batch it was making.
 
-    Returns {"units": pairs, "passes": the units joined into pairs of whole passes, "first_pass"}."""
+    Returns {"units": pairs, "passes": the units joined into pairs of whole passes, "first_pass",
+    "worker_cpu_s_per_batch": the workers' CPU a batch through the units, beside the step (None without
+    worker processes)}."""
     unit = min(UNIT_BATCHES, len(bare_batches))
     per_pass = len(bare_batches) // unit
     count = -(-count // per_pass) * per_pass
     log(f"  {label}: an unmeasured pass first, then {count} pairs of {unit}-batch units")
     first_pass = run_pass(run, loader)
     workers = child_pids()
+    workers_cpu_start = processes_cpu_s(workers)
     units = []
     for i in range(count):
         part = bare_batches[(i % per_pass) * unit:(i % per_pass + 1) * unit]
@@ -375,13 +390,14 @@ def unit_pairs(run, loader, bare_batches: list, label: str, count: int) -> dict:
                 bare = run_pass(run, part)
         check_same_shapes(label, fed, bare)
         units.append({"loader": fed, "bare": bare})
+    workers_cpu = (processes_cpu_s(workers) - workers_cpu_start) / (count * unit) if workers else None
     passes = [{side: joined([u[side] for u in units[start:start + per_pass]]) for side in ("loader", "bare")}
               for start in range(0, count, per_pass)]
     ratios = [u["loader"]["wall_s"] / u["bare"]["wall_s"] for u in units]
     interval = median_interval(ratios)
     log(f"  {label}: unit ratios median {statistics.median(ratios):.3f} "
         f"(interval {interval.get('low')}-{interval.get('high')})")
-    return {"units": units, "passes": passes, "first_pass": first_pass}
+    return {"units": units, "passes": passes, "first_pass": first_pass, "worker_cpu_s_per_batch": workers_cpu}
 
 
 def joined(parts: list[dict]) -> dict:
@@ -444,7 +460,8 @@ def pairs_figures(pairs: list[dict], flops: float, roof: float) -> dict:
 def unit_figures(measured: dict, flops: float, roof: float) -> dict:
     """pairs_figures of unit_pairs' joined passes (throughput, roof, reader share), with the pipeline
     ratio from the units: the median unit pair and its interval (pipeline_ratio_passes: the joined
-    passes' ratios), and the first pass's wall against the median bare pass (paid once a run)."""
+    passes' ratios), the first pass's wall against the median bare pass (paid once a run), and the loader
+    workers' CPU a batch beside the step (worker_cpu_s_per_batch_beside_step)."""
     figures = pairs_figures(measured["passes"], flops, roof)
     units = [u["loader"]["wall_s"] / u["bare"]["wall_s"] for u in measured["units"]]
     bare_pass = statistics.median(p["bare"]["wall_s"] for p in measured["passes"])
@@ -452,7 +469,9 @@ def unit_figures(measured: dict, flops: float, roof: float) -> dict:
             "pipeline_ratio_passes": figures["pipeline_ratio"],
             "pipeline_ratio_passes_interval": figures["pipeline_ratio_interval"],
             "unit_batches": len(measured["units"][0]["bare"]["shapes"]), "unit_pairs": len(units),
-            "first_pass_ratio": rounded(measured["first_pass"]["wall_s"] / bare_pass)}
+            "first_pass_ratio": rounded(measured["first_pass"]["wall_s"] / bare_pass),
+            "worker_cpu_s_per_batch_beside_step": None if measured.get("worker_cpu_s_per_batch") is None
+            else rounded(measured["worker_cpu_s_per_batch"])}
 
 
 # ----------------------------------------------------------------------------- worker: set-up
