@@ -224,7 +224,8 @@ void StoreRows(const float* logs, int lanes, int dim, float* rows) {
         r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
         r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
       }
-      for (int i = 0; i < 4; ++i) {  // frame i: its dimensions d..d+3 in r[i], d+4..d+7 in r[i + 4]
+      // r[i]'s low half holds frame i's dimensions d..d+3, its high half frame i + 4's; r[i + 4] d+4..d+7
+      for (int i = 0; i < 4; ++i) {
         _mm256_storeu_ps(rows + i * dim + d, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
         _mm256_storeu_ps(rows + (i + 4) * dim + d, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
       }
