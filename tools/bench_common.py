@@ -69,7 +69,10 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def rounded(value: float, digits: int = 4) -> float:
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """`digits` significant digits; None, NaN and infinities as they are."""
+    if value is None:
+        return None
     return float(f"{value:.{digits}g}") if value == value and abs(value) != float("inf") else value
 
 

@@ -18,7 +18,8 @@ process:
     step) with the loader's workers stopped (unit_pairs); the ratio of a pair's walls, the median
     pair and the interval that holds the median (bench_common.median_interval), and whether it
     settles the target; the units joined into whole passes give the throughputs and
-    pipeline_ratio_passes;
+    pipeline_ratio_passes; the loader workers' CPU a batch through the units, read from /proc
+    (worker_cpu_s_per_batch_beside_step);
   - achieved GFLOP/s from FLOPs counted from the batch shapes (forward: convolutions
     2*Cin*Cout*kh*kw*H'*W', RNN 2*(in+hidden)*hidden per gate per step and layer, head
     2*hidden*vocab per step; training = 3 x forward) against a float32 GEMM roof
@@ -313,29 +314,23 @@ def lever_figures(run, loader, bare_batches, label: str, flops: float, roof: flo
     return unit_figures(unit_pairs(run, loader, bare_batches, label, count), flops, roof)
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command's ")" (field 3 first), None for a process gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def child_pids() -> list[int]:
     """This process's child processes (the loader's workers), from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # gone meanwhile
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():  # field 4, after the command's ")"
-                children.append(int(entry.name))
-    return children
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if (fields := stat_fields(pid)) and int(fields[1]) == os.getpid()]  # field 4: ppid
 
 
 def processes_cpu_s(pids: list[int]) -> float:
     """User and system CPU seconds these processes have used so far, from /proc (none for one gone)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15, after the command's ")"
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in map(stat_fields, pids) if fields)  # fields 14, 15
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -471,8 +466,7 @@ def unit_figures(measured: dict, flops: float, roof: float) -> dict:
             "pipeline_ratio_passes_interval": figures["pipeline_ratio_interval"],
             "unit_batches": len(measured["units"][0]["bare"]["shapes"]), "unit_pairs": len(units),
             "first_pass_ratio": rounded(measured["first_pass"]["wall_s"] / bare_pass),
-            "worker_cpu_s_per_batch_beside_step": None if measured.get("worker_cpu_s_per_batch") is None
-            else rounded(measured["worker_cpu_s_per_batch"])}
+            "worker_cpu_s_per_batch_beside_step": rounded(measured["worker_cpu_s_per_batch"])}
 
 
 # ----------------------------------------------------------------------------- worker: set-up

@@ -102,11 +102,11 @@ def band_gain(sample_rate: int, n_fft: int, band_limit_hz: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _weights(feature_method: str, sample_rate: int, n_mels: int, band_limit_hz: float | None) -> np.ndarray | None:
-    """The [dim, bins] weights the C++ front end takes of the power spectrum: the mel filters for
-    fbank; for linear none (every bin as it is), or with a band limit the diagonal of its gains
-    (the front end skips each row's zeros)."""
-    n_fft = window_and_stride("linear", sample_rate)[0] if feature_method == "linear" else FBANK_FFT_SIZE
+def _weights(feature_method: str, sample_rate: int, n_fft: int, n_mels: int,
+             band_limit_hz: float | None) -> np.ndarray | None:
+    """The [dim, n_fft // 2 + 1] weights the C++ front end takes of the power spectrum: the mel
+    filters for fbank; for linear none (every bin as it is), or with a band limit the diagonal of
+    its gains (the front end skips each row's zeros)."""
     if feature_method == "linear":
         if band_limit_hz is None:
             return None
@@ -142,7 +142,7 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear", sample
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     window, stride = window_and_stride(feature_method, sample_rate)
     n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
-    weights = _weights(feature_method, sample_rate, n_mels, band_limit_hz)  # [D, n_fft // 2 + 1] or None
+    weights = _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz)  # [D, n_fft // 2 + 1] or None
     feats = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), weights, LOG_FLOOR)
     if feats is not None:
         return feats
