@@ -66,6 +66,28 @@ def test_every_power_of_two_fft_size_equals_numpy(n_fft):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-3)
 
 
+def test_nonzero_bins_bound_each_rows_nonzero_weights():
+    weights = np.array([[0, 1, 0, 2, 0], [0, 0, 0, 0, 0], [3, 0, 0, 0, 0], [0, 0, 0, 0, 4]], np.float32)
+    np.testing.assert_array_equal(feature_kernels.nonzero_bins(weights), [[1, 4], [0, 0], [0, 1], [4, 5]])
+
+
+def test_any_weight_matrix_equals_numpy_rows_with_gaps_and_zero_rows_included():
+    """The front end skips each row's zeros outside its bins; a zero inside them, or a row of zeros
+    (log of the floor), comes out as numpy's matrix product gives it."""
+    samples = speech_like(1.0, seed=4)
+    weights = np.random.default_rng(0).uniform(0, 1, (6, 257)).astype(np.float32)
+    weights[0, :100] = weights[0, 110:] = 0.0
+    weights[1, 50:60] = 0.0
+    weights[2] = 0.0
+    weights[3, :256] = 0.0
+    ours = feature_kernels.log_power_features(samples, 400, 160, 512, _hann(400), weights, LOG_FLOOR)
+    reference = np.log(power_spectrum(samples, 400, 160, 512) @ weights.T + LOG_FLOOR)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-4)
+    with pytest.raises(ValueError, match="nonzero_bins"):
+        feature_kernels.log_power_features(samples, 400, 160, 512, _hann(400), weights, LOG_FLOOR,
+                                           np.zeros((5, 2), np.int32))
+
+
 def test_fft_sizes_that_are_not_powers_of_two_go_to_numpy():
     samples = speech_like(0.5)
     assert feature_kernels.log_power_features(samples, 320, 160, 320, _hann(320), None, LOG_FLOOR) is None

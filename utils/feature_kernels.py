@@ -102,7 +102,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ds2_log_power_features.restype = ctypes.c_int
     library.ds2_log_power_features.argtypes = [
         _FLOATS, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, _FLOATS,
-        ctypes.c_void_p, ctypes.c_int, ctypes.c_float, _FLOATS]
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float, _FLOATS]
     library.ds2_cubic_resample.restype = None
     library.ds2_cubic_resample.argtypes = [_FLOATS, ctypes.c_int64, _FLOATS, ctypes.c_int64]
     return library
@@ -112,11 +112,22 @@ def fft_size_supported(n_fft: int) -> bool:
     return n_fft >= 4 and n_fft & (n_fft - 1) == 0
 
 
+def nonzero_bins(weights: np.ndarray) -> np.ndarray:
+    """[D, 2] int32: each row's bins [first, last) outside which it is zero ([0, 0) for a zero row),
+    what log_power_features skips by; compute it once per weight matrix."""
+    nonzero = np.asarray(weights) != 0  # [D, F]
+    first = np.argmax(nonzero, axis=1)
+    last = nonzero.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
+    empty = ~nonzero.any(axis=1)
+    return np.stack([np.where(empty, 0, first), np.where(empty, 0, last)], axis=1).astype(np.int32)
+
+
 def log_power_features(samples: np.ndarray, window: int, stride: int, n_fft: int, hann: np.ndarray,
-                       mel: np.ndarray | None, log_floor: float) -> np.ndarray | None:
+                       mel: np.ndarray | None, log_floor: float, mel_bins: np.ndarray | None = None) -> np.ndarray | None:
     """samples [N] float32 -> log(mel @ power + floor) [T, n_mels], or log(power + floor) [T, n_fft // 2 + 1]
-    without mel ([n_mels, n_fft // 2 + 1]); T = 1 + (N - window) // stride. None where the library is
-    not used (unavailable, disabled, or n_fft not a power of two): the caller computes with numpy."""
+    without mel ([n_mels, n_fft // 2 + 1]); T = 1 + (N - window) // stride. mel_bins: nonzero_bins(mel),
+    computed here when not given. None where the library is not used (unavailable, disabled, or n_fft
+    not a power of two): the caller computes with numpy."""
     library = load()
     if library is None or not fft_size_supported(n_fft):
         return None
@@ -124,10 +135,15 @@ def log_power_features(samples: np.ndarray, window: int, stride: int, n_fft: int
     dim = mel.shape[0] if mel is not None else n_fft // 2 + 1
     out = np.empty((count, dim), dtype=np.float32)
     if count:
-        mel_pointer = None if mel is None else np.ascontiguousarray(mel, dtype=np.float32)
-        status = library.ds2_log_power_features(samples, len(samples), window, stride, n_fft, hann,
-                                                None if mel_pointer is None else mel_pointer.ctypes.data,
-                                                dim if mel is not None else 0, log_floor, out)
+        mel_pointer = bins_pointer = None
+        if mel is not None:
+            mel = np.ascontiguousarray(mel, dtype=np.float32)
+            mel_bins = np.ascontiguousarray(nonzero_bins(mel) if mel_bins is None else mel_bins, dtype=np.int32)
+            if mel_bins.shape != (dim, 2):
+                raise ValueError(f"mel_bins has shape {mel_bins.shape}, not ({dim}, 2): pass nonzero_bins(mel)")
+            mel_pointer, bins_pointer = mel.ctypes.data, mel_bins.ctypes.data
+        status = library.ds2_log_power_features(samples, len(samples), window, stride, n_fft, hann, mel_pointer,
+                                                bins_pointer, dim if mel is not None else 0, log_floor, out)
         if status != 0:
             raise ValueError(f"feature front end: window {window}, stride {stride}, n_fft {n_fft} not supported")
     return out

@@ -117,6 +117,14 @@ def _weights(feature_method: str, sample_rate: int, n_fft: int, n_mels: int,
     return (mel * band_gain(sample_rate, n_fft, band_limit_hz)[None, :]).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def _weights_bins(feature_method: str, sample_rate: int, n_fft: int, n_mels: int,
+                  band_limit_hz: float | None) -> np.ndarray | None:
+    """[dim, 2] int32: where each row of _weights' matrix is non-zero (feature_kernels.nonzero_bins)."""
+    weights = _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz)
+    return None if weights is None else feature_kernels.nonzero_bins(weights)
+
+
 def power_spectrum(samples: np.ndarray, window: int, stride: int, n_fft: int) -> np.ndarray:
     """samples [N] -> power [T, n_fft // 2 + 1], T = 1 + (N - window) // stride."""
     count = 0 if len(samples) < window else 1 + (len(samples) - window) // stride
@@ -143,7 +151,8 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear", sample
     window, stride = window_and_stride(feature_method, sample_rate)
     n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
     weights = _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz)  # [D, n_fft // 2 + 1] or None
-    feats = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), weights, LOG_FLOOR)
+    feats = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), weights, LOG_FLOOR,
+                                               _weights_bins(feature_method, sample_rate, n_fft, n_mels, band_limit_hz))
     if feats is not None:
         return feats
     power = power_spectrum(samples, window, stride, n_fft)  # [T, n_fft // 2 + 1]
