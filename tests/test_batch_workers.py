@@ -53,6 +53,40 @@ def test_workers_yield_the_in_process_batches_in_order_and_end_with_the_keys(num
     assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS), num_workers, slot), BATCH_KEYS)
 
 
+def in_shared_memory(tensor) -> bool:
+    """Whether the tensor's data lies in a shared mapping (a slot) rather than Paddle's own memory."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, permissions = line.split()[:2]
+        start, end = (int(part, 16) for part in span.split("-"))
+        if start <= address < end:
+            return permissions[3] == "s"
+    raise AssertionError(f"address {address:#x} is in no mapping")
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_batch_dropped_before_the_next_is_taken_is_lent_its_slot_not_copied(num_workers):
+    """The trainer's pattern: the pool (2 slots a worker and 2 lent) goes round twenty batches without a copy."""
+    keys = BATCH_KEYS * 3
+    batches = worker_batches(make_batch, iter(keys), num_workers, batch_workers.slot_bytes(4, 7, DIM))
+    for number, batch in enumerate(batches):
+        expected = collate([sample(key) for key in keys[number]])
+        for tensor, array in zip(batch, expected):
+            np.testing.assert_array_equal(tensor.numpy(), array)
+        assert all(in_shared_memory(tensor) for tensor in batch)
+    assert number == len(keys) - 1
+
+
+def test_kept_batches_stay_as_they_were_and_later_ones_are_copies():
+    keys = BATCH_KEYS * 3
+    batches = worker_batches(make_batch, iter(keys), 1, batch_workers.slot_bytes(4, 7, DIM))
+    kept = list(batches)  # every batch held: the lent slots are never refilled under them
+    lent = [all(in_shared_memory(tensor) for tensor in batch) for batch in kept]
+    # two lent, then copies; at the end the slots the worker no longer needs are lent too
+    assert lent[:3] == [True, True, False] and sum(lent) <= batch_workers.SLOTS_PER_WORKER + batch_workers.LENT_SLOTS
+    assert_batches_equal(kept, keys)
+
+
 def test_fewer_batches_than_slots_and_no_batches_end_cleanly():
     assert_batches_equal(worker_batches(make_batch, iter(BATCH_KEYS[:3]), 2, mmap.PAGESIZE), BATCH_KEYS[:3])
     assert list(worker_batches(make_batch, iter([]), 2, mmap.PAGESIZE)) == []
