@@ -294,7 +294,8 @@ int ds2_log_power_features(const float* samples, int64_t num_samples, int window
       for (int m = 0; m < n_mels; ++m) {  // energy[m][lane] = sum_k mel[m][k] * power[k][lane]
         float* energy = mel_energy.data() + m * kLanes;
         std::fill(energy, energy + kLanes, 0.0f);
-        for (int k = mel_bins[2 * m]; k < mel_bins[2 * m + 1]; ++k) {
+        const int lo = std::max(0, mel_bins[2 * m]), hi = std::min(bins, mel_bins[2 * m + 1]);  // never outside the row
+        for (int k = lo; k < hi; ++k) {
           const float weight = mel[m * bins + k];
 #pragma omp simd
           for (int l = 0; l < kLanes; ++l) energy[l] += weight * power[k * kLanes + l];
