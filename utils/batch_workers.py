@@ -190,7 +190,9 @@ class _SlotPool:
         """Tensors on the arrays' memory (DLPack); `slot` is free again when the last of them is freed."""
         returned = functools.partial(self._returned, slot)
         self.loans[slot] = [len(arrays), [weakref.ref(array, returned) for array in arrays]]
-        return [paddle.utils.dlpack.from_dlpack(array) if array.size else paddle.to_tensor(array) for array in arrays]
+        # from a capsule, which Paddle 2.6 takes too; it holds the array until the tensor's memory is freed
+        return [paddle.utils.dlpack.from_dlpack(array.__dlpack__()) if array.size else paddle.to_tensor(array)
+                for array in arrays]
 
     def _returned(self, slot: int, _reference) -> None:
         loan = self.loans[slot]
