@@ -184,7 +184,7 @@ class _SlotPool:
 
     def __init__(self, count: int):
         self.free = list(range(count))[::-1]  # the pool's start taken first
-        self.loans: dict[int, list] = {}      # slot -> [arrays not yet freed, their weak references]
+        self.loans: dict[int, list] = {}      # slot -> [how many of its arrays are not yet freed, their weak references]
 
     def lend(self, slot: int, arrays: list[np.ndarray]) -> list[paddle.Tensor]:
         """Tensors on the arrays' memory (DLPack); `slot` is free again when the last of them is freed."""
