@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from utils import feature_kernels
 from utils.audio import AudioError, load_audio, read_pcm16_wav
 
 
@@ -24,7 +25,16 @@ def test_pcm16_wav_reads_as_soundfile_reads_it(tmp_path, channels):
     soundfile.write(str(path), noise(1601, channels), 16000, subtype="PCM_16")
     samples, rate = read_pcm16_wav(path)
     assert rate == 16000 and samples.shape == (1601, channels) and samples.dtype == np.float32
-    assert np.array_equal(load_audio(path), soundfile_mono(path))
+    assert np.array_equal(load_audio(path), soundfile_mono(path))  # through the C++ reader where it builds
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm16_wav_reads_the_same_without_the_cpp_reader(tmp_path, monkeypatch, channels):
+    path = tmp_path / f"pcm16_{channels}.wav"
+    soundfile.write(str(path), noise(801, channels), 8000, subtype="PCM_16")
+    with_reader = load_audio(path, 16000)
+    monkeypatch.setattr(feature_kernels, "read_pcm16_wav", lambda path: None)
+    assert np.array_equal(load_audio(path, 16000), with_reader)
 
 
 def test_pcm16_wav_with_other_chunks_and_odd_sizes_reads_as_soundfile_reads_it(tmp_path):

