@@ -177,6 +177,15 @@ def test_wav_reader_walks_other_chunks_and_keeps_a_cut_files_whole_frames(tmp_pa
     assert len(samples) == 1600 - 2
 
 
+def test_wav_reader_reads_a_long_file_and_the_next_one(tmp_path):
+    long, short = tmp_path / "long.wav", tmp_path / "short.wav"  # 18 MB: past the buffer the reader keeps
+    soundfile.write(str(long), np.tile(speech_like(1.0), 9 * 60), 16000, subtype="PCM_16")
+    soundfile.write(str(short), speech_like(0.2), 16000, subtype="PCM_16")
+    for path in (long, short):
+        samples, _ = feature_kernels.read_pcm16_wav(path)
+        np.testing.assert_array_equal(samples, read_pcm16_wav(path)[0][:, 0])
+
+
 @pytest.mark.parametrize("content", [None, b"", b"RIFF\x04\x00\x00\x00WAVE", b"RIFF\x00\x00\x00\x00WAVEdata"])
 def test_wav_reader_leaves_missing_and_broken_files_to_the_caller(tmp_path, content):
     path = tmp_path / "bad.wav"

@@ -267,6 +267,79 @@ void StoreRows(const float* logs, int lanes, int dim, float* rows) {
   }
 }
 
+// path's bytes into *bytes; their count, or -1 when it cannot be opened or read.
+int64_t ReadWholeFile(const char* path, std::vector<uint8_t>* bytes) {
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct stat info;
+  int64_t length = -1;
+  if (fstat(fd, &info) == 0 && info.st_size >= 0) {
+    bytes->resize(static_cast<size_t>(info.st_size));
+    length = 0;
+    while (length < info.st_size) {
+      const ssize_t got = read(fd, bytes->data() + length, static_cast<size_t>(info.st_size - length));
+      if (got < 0) {
+        length = -1;
+        break;
+      }
+      if (got == 0) break;  // the file shrank: parse what came
+      length += got;
+    }
+  }
+  close(fd);
+  return length;
+}
+
+// sum / count rounded as numpy rounds it: -ffast-math would multiply by a rounded 1 / count instead.
+__attribute__((optimize("no-fast-math"), noinline)) float ExactQuotient(float sum, float count) {
+  return sum / count;
+}
+
+// A WAV file's bytes [length] -> its 16-bit PCM samples mixed to mono in out: ds2_read_pcm16_wav.
+int64_t ParsePcm16Wav(const uint8_t* data, int64_t length, float* out, int64_t capacity, int32_t* rate) {
+  if (length < 12 || std::memcmp(data, "RIFF", 4) != 0 || std::memcmp(data + 8, "WAVE", 4) != 0) return -1;
+  auto u16 = [&](int64_t at) { return static_cast<uint32_t>(data[at] | data[at + 1] << 8); };
+  auto u32 = [&](int64_t at) { return u16(at) | u16(at + 2) << 16; };
+  int64_t position = 12;
+  int channels = 0, bits = 0, tag = 0;
+  bool have_format = false;
+  while (position + 8 <= length) {
+    const int64_t size = u32(position + 4), body = position + 8;
+    if (std::memcmp(data + position, "fmt ", 4) == 0) {
+      if (size < 16 || body + 16 > length) return -1;
+      tag = static_cast<int>(u16(body));
+      channels = static_cast<int>(u16(body + 2));
+      *rate = static_cast<int32_t>(u32(body + 4));
+      bits = static_cast<int>(u16(body + 14));
+      have_format = true;
+    } else if (std::memcmp(data + position, "data", 4) == 0) {
+      if (!have_format || size == 0 || tag != 1 || bits != 16 || channels < 1) return -1;
+      const int64_t frames = (std::min(length, body + size) - body) / (2 * channels);
+      if (frames > capacity) return -1;
+      const uint8_t* pcm = data + body;  // little-endian int16, possibly at an odd offset
+      constexpr float kScale = 1.0f / 32768.0f;
+      auto sample = [&](int64_t at) {
+        int16_t value;
+        std::memcpy(&value, pcm + 2 * at, 2);
+        return static_cast<float>(value) * kScale;
+      };
+      if (channels == 1) {
+        for (int64_t i = 0; i < frames; ++i) out[i] = sample(i);
+      } else {  // as numpy's float32 mean: the scaled values summed in order, then divided
+        const float count = static_cast<float>(channels);
+        for (int64_t i = 0; i < frames; ++i) {
+          float sum = 0.0f;
+          for (int c = 0; c < channels; ++c) sum += sample(i * channels + c);
+          out[i] = ExactQuotient(sum, count);
+        }
+      }
+      return frames;
+    }
+    position = body + size + (size & 1);
+  }
+  return -1;
+}
+
 }  // namespace
 
 extern "C" {
@@ -382,80 +455,18 @@ void ds2_cubic_resample(const float* samples, int64_t num_samples, float* out, i
   for (; i < out_len; ++i) one(i);
 }
 
-// sum / count rounded as numpy rounds it: -ffast-math would multiply by a rounded 1 / count instead.
-__attribute__((optimize("no-fast-math"), noinline)) static float ExactQuotient(float sum, float count) {
-  return sum / count;
-}
-
 // The samples of a 16-bit PCM WAV file at path, mixed to mono (the channels' mean), into
 // out [capacity] as float32 in [-1, 1) (libsndfile's scale, 1 / 32768), and its sample rate into *rate.
 // The RIFF chunks are walked as utils/audio.read_pcm16_wav walks them (odd chunks padded to even, a
 // cut last frame left out). Returns the frames written, or -1 for any other file, an unreadable one,
 // an empty data chunk or too small an out: the caller reads it another way and reports.
 int64_t ds2_read_pcm16_wav(const char* path, float* out, int64_t capacity, int32_t* rate) {
-  thread_local std::vector<uint8_t> bytes;  // the whole file; reused, so it stays in cache
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  struct stat info;
-  int64_t length = -1;
-  if (fstat(fd, &info) == 0 && info.st_size >= 0) {
-    bytes.resize(static_cast<size_t>(info.st_size));
-    length = 0;
-    while (length < info.st_size) {
-      const ssize_t got = read(fd, bytes.data() + length, static_cast<size_t>(info.st_size - length));
-      if (got < 0) { length = -1; break; }
-      if (got == 0) break;  // the file shrank: parse what came
-      length += got;
-    }
-  }
-  close(fd);
-  if (length < 12 || std::memcmp(bytes.data(), "RIFF", 4) != 0 || std::memcmp(bytes.data() + 8, "WAVE", 4) != 0) {
-    return -1;
-  }
-  const uint8_t* data = bytes.data();
-  auto u16 = [&](int64_t at) { return static_cast<uint32_t>(data[at] | data[at + 1] << 8); };
-  auto u32 = [&](int64_t at) { return u16(at) | u16(at + 2) << 16; };
-  int64_t position = 12;
-  int channels = 0, bits = 0, tag = 0;
-  bool have_format = false;
-  while (position + 8 <= length) {
-    const int64_t size = u32(position + 4), body = position + 8;
-    if (std::memcmp(data + position, "fmt ", 4) == 0) {
-      if (size < 16 || body + 16 > length) return -1;
-      tag = static_cast<int>(u16(body));
-      channels = static_cast<int>(u16(body + 2));
-      *rate = static_cast<int32_t>(u32(body + 4));
-      bits = static_cast<int>(u16(body + 14));
-      have_format = true;
-    } else if (std::memcmp(data + position, "data", 4) == 0) {
-      if (!have_format || size == 0 || tag != 1 || bits != 16 || channels < 1) return -1;
-      const int64_t frames = (std::min(length, body + size) - body) / (2 * channels);
-      if (frames > capacity) return -1;
-      const uint8_t* pcm = data + body;  // little-endian int16, possibly at an odd offset
-      constexpr float kScale = 1.0f / 32768.0f;
-      if (channels == 1) {
-        for (int64_t i = 0; i < frames; ++i) {
-          int16_t value;
-          std::memcpy(&value, pcm + 2 * i, 2);
-          out[i] = static_cast<float>(value) * kScale;
-        }
-      } else {  // as numpy's float32 mean: the scaled values summed in order, then divided
-        const float count = static_cast<float>(channels);
-        for (int64_t i = 0; i < frames; ++i) {
-          float sum = 0.0f;
-          for (int c = 0; c < channels; ++c) {
-            int16_t value;
-            std::memcpy(&value, pcm + 2 * (i * channels + c), 2);
-            sum += static_cast<float>(value) * kScale;
-          }
-          out[i] = ExactQuotient(sum, count);
-        }
-      }
-      return frames;
-    }
-    position = body + size + (size & 1);
-  }
-  return -1;
+  constexpr size_t kKeptBytes = 16 << 20;  // a longer file's buffer is freed after it: long audio in infer.py
+  thread_local std::vector<uint8_t> bytes;  // the whole file; reused, so that it stays in cache
+  const int64_t length = ReadWholeFile(path, &bytes);
+  const int64_t frames = length < 0 ? -1 : ParsePcm16Wav(bytes.data(), length, out, capacity, rate);
+  if (bytes.capacity() > kKeptBytes) std::vector<uint8_t>().swap(bytes);
+  return frames;
 }
 
 // out [n] = clip(samples * gain, -1, 1): the volume perturbation in one pass (numpy's takes two).
