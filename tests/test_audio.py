@@ -85,6 +85,18 @@ def test_bad_files_raise_audio_errors_that_name_them(tmp_path, content, message)
         load_audio(path)
 
 
+def test_pcm16_wav_cut_inside_its_format_chunk_is_an_audio_error(tmp_path, monkeypatch):
+    path = tmp_path / "cut.wav"
+    soundfile.write(str(path), noise(100, 1), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:30])  # the fmt chunk's 16 bytes start at 20
+    assert read_pcm16_wav(path) is None
+    with pytest.raises(AudioError, match="cut.wav: not readable audio"):
+        load_audio(path)
+    monkeypatch.setattr(feature_kernels, "read_pcm16_wav", lambda path: None)  # the Python parser alone
+    with pytest.raises(AudioError, match="cut.wav: not readable audio"):
+        load_audio(path)
+
+
 def test_pcm16_wav_without_frames_is_zero_duration(tmp_path):
     path = tmp_path / "empty.wav"
     soundfile.write(str(path), np.zeros((0, 1), np.float32), 16000, subtype="PCM_16")

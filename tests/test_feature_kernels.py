@@ -194,6 +194,32 @@ def test_wav_reader_leaves_missing_and_broken_files_to_the_caller(tmp_path, cont
     assert feature_kernels.read_pcm16_wav(path) is None
 
 
+def test_wav_reader_agrees_with_the_python_reader_on_damaged_files(tmp_path):
+    """Random bytes of the header region changed and random cuts: the C++ parser never reads past the
+    file and takes or refuses each file as utils/audio.read_pcm16_wav does."""
+    plain = tmp_path / "plain.wav"
+    soundfile.write(str(plain), np.random.default_rng(0).uniform(-1, 1, (300, 2)).astype(np.float32), 16000,
+                    subtype="PCM_16")
+    data = plain.read_bytes()
+    fmt_end = 12 + 8 + int.from_bytes(data[16:20], "little")
+    original = bytearray(data[:fmt_end] + b"LIST" + (3).to_bytes(4, "little") + b"abc\0" + data[fmt_end:])
+    rng, path, taken = np.random.default_rng(1), tmp_path / "damaged.wav", 0
+    for _ in range(300):
+        damaged = bytearray(original)
+        for position in rng.integers(0, 64, rng.integers(1, 4)):
+            damaged[position] = rng.integers(0, 256)
+        path.write_bytes(bytes(damaged[:rng.integers(0, len(damaged) + 1)]))
+        ours, theirs = feature_kernels.read_pcm16_wav(path), read_pcm16_wav(path)
+        if theirs is None or len(theirs[0]) == 0:
+            assert ours is None
+            continue
+        taken += 1
+        assert ours[1] == theirs[1]
+        mono = theirs[0].mean(axis=1) if theirs[0].shape[1] > 1 else theirs[0][:, 0]
+        np.testing.assert_allclose(ours[0], mono, rtol=0, atol=1e-6)  # numpy sums 8 or more channels pairwise
+    assert taken > 30  # most damage leaves a readable file: the comparison covered both outcomes
+
+
 @pytest.mark.parametrize("subtype", ["FLOAT", "PCM_24", "PCM_U8"])
 def test_wav_reader_leaves_other_encodings_to_the_caller(tmp_path, subtype):
     path = tmp_path / f"{subtype}.wav"

@@ -58,7 +58,7 @@ def read_pcm16_wav(path: str | Path) -> tuple[np.ndarray, int] | None:
         chunk_id, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
         body = position + CHUNK_HEADER_BYTES
         if chunk_id == b"fmt ":
-            if size < WAVE_FMT_BYTES:
+            if size < WAVE_FMT_BYTES or body + WAVE_FMT_BYTES > len(data):  # a file cut inside it: soundfile reports
                 return None
             layout = struct.unpack_from("<HHIIHH", data, body)  # tag, channels, rate, bytes/s, block, bits
         elif chunk_id == b"data":

@@ -41,7 +41,6 @@ _unavailable = None   # why it cannot be used, once tried
 _disabled = False     # disable(): numpy's path on purpose (benchmarks, tests)
 
 
-
 def _address(array: np.ndarray) -> int:
     """The address of a contiguous array's first element, for a c_void_p argument: 1.2 us against 1.5
     for array.ctypes.data and 3.2 for an ndpointer argument's checks (a 3 s clip's fbank is 125 us)."""
@@ -116,7 +115,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ds2_cubic_resample.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
     library.ds2_read_pcm16_wav.restype = ctypes.c_int64
     library.ds2_read_pcm16_wav.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64,
-                                           ctypes.POINTER(ctypes.c_int32)]
+                                           ctypes.POINTER(ctypes.c_uint32)]
     for name in ("ds2_scale_clip", "ds2_mix_clip"):
         getattr(library, name).restype = None
     library.ds2_scale_clip.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
@@ -197,7 +196,7 @@ def read_pcm16_wav(path) -> tuple[np.ndarray, int] | None:
     except OSError:
         return None
     out = np.empty(size // 2, dtype=np.float32)  # room for every byte pair: more than the mono samples
-    rate = ctypes.c_int32(0)
+    rate = ctypes.c_uint32(0)
     frames = library.ds2_read_pcm16_wav(os.fsencode(path), _address(out), len(out), ctypes.byref(rate))
     return None if frames <= 0 else (out[:frames], rate.value)
 

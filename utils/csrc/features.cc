@@ -296,7 +296,7 @@ __attribute__((optimize("no-fast-math"), noinline)) float ExactQuotient(float su
 }
 
 // A WAV file's bytes [length] -> its 16-bit PCM samples mixed to mono in out: ds2_read_pcm16_wav.
-int64_t ParsePcm16Wav(const uint8_t* data, int64_t length, float* out, int64_t capacity, int32_t* rate) {
+int64_t ParsePcm16Wav(const uint8_t* data, int64_t length, float* out, int64_t capacity, uint32_t* rate) {
   if (length < 12 || std::memcmp(data, "RIFF", 4) != 0 || std::memcmp(data + 8, "WAVE", 4) != 0) return -1;
   auto u16 = [&](int64_t at) { return static_cast<uint32_t>(data[at] | data[at + 1] << 8); };
   auto u32 = [&](int64_t at) { return u16(at) | u16(at + 2) << 16; };
@@ -309,7 +309,7 @@ int64_t ParsePcm16Wav(const uint8_t* data, int64_t length, float* out, int64_t c
       if (size < 16 || body + 16 > length) return -1;
       tag = static_cast<int>(u16(body));
       channels = static_cast<int>(u16(body + 2));
-      *rate = static_cast<int32_t>(u32(body + 4));
+      *rate = u32(body + 4);
       bits = static_cast<int>(u16(body + 14));
       have_format = true;
     } else if (std::memcmp(data + position, "data", 4) == 0) {
@@ -460,7 +460,7 @@ void ds2_cubic_resample(const float* samples, int64_t num_samples, float* out, i
 // The RIFF chunks are walked as utils/audio.read_pcm16_wav walks them (odd chunks padded to even, a
 // cut last frame left out). Returns the frames written, or -1 for any other file, an unreadable one,
 // an empty data chunk or too small an out: the caller reads it another way and reports.
-int64_t ds2_read_pcm16_wav(const char* path, float* out, int64_t capacity, int32_t* rate) {
+int64_t ds2_read_pcm16_wav(const char* path, float* out, int64_t capacity, uint32_t* rate) {
   constexpr size_t kKeptBytes = 16 << 20;  // a longer file's buffer is freed after it: long audio in infer.py
   thread_local std::vector<uint8_t> bytes;  // the whole file; reused, so that it stays in cache
   const int64_t length = ReadWholeFile(path, &bytes);
