@@ -195,8 +195,8 @@ def test_wav_reader_leaves_missing_and_broken_files_to_the_caller(tmp_path, cont
 
 
 def test_wav_reader_agrees_with_the_python_reader_on_damaged_files(tmp_path):
-    """Random bytes of the header region changed and random cuts: the C++ parser never reads past the
-    file and takes or refuses each file as utils/audio.read_pcm16_wav does."""
+    """Random bytes of the header region changed and random cuts: the C++ parser takes or refuses each
+    file as utils/audio.read_pcm16_wav does, with the same samples."""
     plain = tmp_path / "plain.wav"
     soundfile.write(str(plain), np.random.default_rng(0).uniform(-1, 1, (300, 2)).astype(np.float32), 16000,
                     subtype="PCM_16")
