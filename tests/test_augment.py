@@ -215,6 +215,22 @@ def test_spec_sub_keeps_shape_and_copies_earlier_frames():
     assert changed_any
 
 
+def test_spec_sub_on_an_utterance_shorter_than_two_stretches():
+    # 30 frames (0.3 s, kept by min_duration 0) against stretches of up to 20: drawing a stretch of
+    # 16-20 frames at frame `width` had no room for it and raised a broadcast ValueError in a worker
+    feats = log_feats(steps=30, dim=8)
+    copied = 0
+    for seed in range(200):
+        out = spec_sub(feats, rng(seed), max_time=20, num_subs=3)
+        assert out.shape == feats.shape
+        changed = np.flatnonzero(np.any(out != feats, axis=1))
+        copied += len(changed) > 0
+        for row in changed:
+            assert any(np.array_equal(out[row], feats[source]) for source in range(row))
+    assert 0 < copied < 200
+    np.testing.assert_array_equal(spec_sub(log_feats(steps=3, dim=8), rng(0), max_time=20), log_feats(steps=3, dim=8))
+
+
 # ----------------------------------------------------------------------------- the JSON list
 def write_conf(tmp_path: Path, entries: list) -> str:
     path = tmp_path / "augmentation.json"

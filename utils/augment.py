@@ -143,14 +143,16 @@ def _time_warp(feats: np.ndarray, rng: np.random.Generator, max_warp: int) -> np
 
 
 def spec_sub(feats: np.ndarray, rng: np.random.Generator, max_time: int = 20, num_subs: int = 3) -> np.ndarray:
-    """SpecSub: replace short stretches with earlier stretches of the same utterance."""
+    """SpecSub: replace short stretches with earlier stretches of the same utterance: a stretch of
+    `width` frames from frame `width` on takes the frames of one that ends before it starts, so an
+    utterance shorter than two stretches keeps its frames."""
     feats = feats.copy()
     steps = feats.shape[0]
     for _ in range(num_subs):
         width = rng.integers(0, max_time + 1)
-        if width == 0 or steps <= width + 1:
+        if width == 0 or steps <= width + 1 or steps < 2 * width:
             continue
-        start = rng.integers(width, steps - width + 1) if steps - width + 1 > width else width
+        start = rng.integers(width, steps - width + 1)
         source = rng.integers(0, start - width + 1)
         feats[start:start + width] = feats[source:source + width]
     return feats
