@@ -1,6 +1,7 @@
 """Transcript normalization pairs and the vocabulary's pinned order and ids."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from utils.text import BLANK_ID, UNK_ID, TextError, Vocabulary, normalize_text, text_to_tokens
@@ -49,6 +50,19 @@ def test_vocabulary_order_and_ids_are_pinned():
     assert vocab.encode("az") == [3, UNK_ID]
     assert vocab.decode([3, 2, 5, 4, 0, 1]) == "ab c"
     assert vocab.unknown_chars("a zx y") == {"z", "x", "y"}
+
+
+@pytest.mark.parametrize("tokens, texts", [
+    (Vocabulary.build(CORPUS).tokens, ["ab c", "az", "", "  ", "b\u00e9 <unk>"]),
+    (Vocabulary.build(["你好你 ok"]).tokens, ["你好 ok", "好你们", "\U0001f600 "]),
+    (Vocabulary.build(["abc"]).tokens, ["a b"]),                # no <space>: a space is <unk>
+    (["<blank>", "<unk>", "a", " ", "<space>"], ["a a"]),       # a literal " " token: spaces stay <space>
+])
+def test_encode_array_equals_encode(tokens, texts):
+    vocab = Vocabulary(tokens)
+    for text in texts:
+        ids = vocab.encode_array(text)
+        assert ids.dtype == np.int32 and ids.tolist() == vocab.encode(text), text
 
 
 def test_vocabulary_ties_break_by_token_and_threshold_drops_rare():
