@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_noise
 from train_fixtures import ROOT, max_abs_diff, model_folder, read_params, spoken_corpus, tiny_config  # noqa: F401
 from utils.audio import load_audio
 from utils.augment import (Augmentation, _round_trip, add_noise, load_augmentation, resample_perturb, spec_augment,
@@ -336,3 +337,42 @@ def test_augmentation_on_changes_the_trained_weights(spoken_corpus, tmp_path):
         results[name] = read_params(model_folder(cfg))
     assert max_abs_diff(results["off"], results["off_again"]) == 0.0
     assert max_abs_diff(results["off"], results["on"]) > 1e-4
+
+
+def _every_step(tmp_path: Path, noise: Path, warp: int = 0) -> Augmentation:
+    """Every step always (a resample last: left to the features) but the warp, which `warp` turns on."""
+    entries = json.loads((ROOT / "conf" / "augmentation.json").read_text())
+    for entry in entries:
+        entry["prob"] = 1.0
+        if entry["type"] == "specaugment":
+            entry["params"]["max_time_warp"] = warp
+    return load_augmentation(write_conf(tmp_path, entries), [str(noise)], SR)
+
+
+@pytest.mark.parametrize("warp", [0, 3])
+def test_a_batch_made_in_place_equals_the_samples_padded(spoken_corpus, tmp_path, warp):
+    from utils.data import collate, make_batch
+
+    augmentation = _every_step(tmp_path, write_noise(tmp_path / "noise.wav", 0.7), warp)
+    dataset = _dataset(spoken_corpus, augmentation)
+    keys = [1, 0, len(dataset) + 2, 3]
+    buffer = bytearray(8 << 20)
+    buffer[:] = b"\x01" * len(buffer)  # an earlier batch's leftovers: the padding must be written
+    ours, padded = make_batch(dataset, keys, buffer), collate([dataset[key] for key in keys])
+    for made, reference in zip(ours, padded):
+        np.testing.assert_array_equal(made, reference)
+    drawn = dataset.draw(keys[0])
+    assert drawn.native == (warp == 0) and drawn.band_limit_hz is not None  # warp: numpy's way
+
+
+def test_a_sample_in_one_call_equals_the_numpy_steps(spoken_corpus, tmp_path, monkeypatch):
+    from utils import feature_kernels
+
+    dataset = _dataset(spoken_corpus, _every_step(tmp_path, write_noise(tmp_path / "noise.wav", 0.7)))
+    keys = range(0, 2 * len(dataset), 3)
+    ours = [dataset[key] for key in keys]
+    monkeypatch.setattr(feature_kernels, "sample_features", lambda *args: False)  # the steps one by one
+    for key, (feats, labels, index) in zip(keys, ours):
+        reference = dataset[key]
+        np.testing.assert_allclose(feats, reference[0], rtol=0, atol=5e-6)
+        np.testing.assert_array_equal(labels, reference[1])

@@ -251,6 +251,76 @@ def test_volume_and_noise_steps_draw_and_mix_as_numpy_does(monkeypatch):
     np.testing.assert_allclose(ours[1], numpy_path[1], rtol=0, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- one sample in one call
+A = augment
+
+
+def numpy_sample(samples, plan, clips, band_limit_hz=None):
+    """A plan's features the step-by-step way: utils/augment.py's numpy executors (with the library's
+    per-step kernels where they have one) and compute_features."""
+    audio = [row for row in plan if row[0] < A.EDIT_FILL]
+    feats = compute_features(A.apply_audio_rows(samples, audio, clips), "fbank", band_limit_hz=band_limit_hz)
+    return A.apply_feature_edits(feats, plan[len(audio):])
+
+
+def fused_sample(samples, plan, clips, band_limit_hz=None, frames=None):
+    from utils.features import front_end, num_frames
+
+    length = next((row[1] for row in reversed(plan) if row[0] == A.STEP_SPEED), len(samples))
+    out = np.full((num_frames(length, "fbank") if frames is None else frames, 80), np.nan, dtype=np.float32)
+    ok = feature_kernels.sample_features(samples, np.array(plan, dtype=np.float64).reshape(-1, 4),
+                                         feature_kernels.noise_clips(clips), front_end("fbank", 16000, 80, band_limit_hz),
+                                         out)
+    return out if ok else None
+
+
+# every kind the C++ path takes: a shift each way, a noise clip shorter than the samples (repeated,
+# its stretch wrapping past its end), masks, copies, and a second fill after a copy
+SAMPLE_PLANS = {
+    "speed, gain, shift later": [(A.STEP_SPEED, 17000, 0, 0), (A.STEP_GAIN, 1.7, 0, 0), (A.STEP_SHIFT, 400, 0, 0)],
+    "shift earlier, noise wrapping": [(A.STEP_SHIFT, -800, 0, 0), (A.STEP_NOISE, 1, 3100, 12.5)],
+    "noise from a longer clip": [(A.STEP_NOISE, 0, 1234, 25.0), (A.STEP_SPEED, 14000, 0, 0)],
+    "edits": [(A.EDIT_FILL, 0, 0, 0), (A.EDIT_FREQ_MASK, 70, 10, 0), (A.EDIT_TIME_MASK, 3, 5, 0),
+              (A.EDIT_COPY, 40, 12, 7), (A.EDIT_FILL, 0, 0, 0), (A.EDIT_TIME_MASK, 90, 8, 0)],
+    "all": [(A.STEP_SPEED, 15500, 0, 0), (A.STEP_GAIN, 0.25, 0, 0), (A.STEP_NOISE, 1, 3000, 10.0),
+            (A.EDIT_FILL, 0, 0, 0), (A.EDIT_FREQ_MASK, 0, 3, 0), (A.EDIT_COPY, 30, 20, 2)],
+    "nothing": [],
+}
+
+
+@pytest.mark.parametrize("name", SAMPLE_PLANS)
+def test_a_samples_plan_in_one_call_equals_the_steps_one_by_one(name):
+    samples, clips = speech_like(1.0, seed=8), [speech_like(2.0, seed=9), speech_like(0.3, seed=10)]
+    plan = SAMPLE_PLANS[name]
+    ours, reference = fused_sample(samples, plan, clips), numpy_sample(samples, plan, clips)
+    assert ours is not None and ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=5e-6)
+    ours = fused_sample(samples, plan, clips, band_limit_hz=4000.0)
+    np.testing.assert_allclose(ours, numpy_sample(samples, plan, clips, 4000.0), rtol=0, atol=5e-6)
+
+
+def test_a_fill_of_no_frames_and_masks_past_the_end_are_harmless():
+    samples = speech_like(0.02)  # under one window: no frames
+    plan = [(A.EDIT_FILL, 0, 0, 0), (A.EDIT_FREQ_MASK, 78, 10, 0), (A.EDIT_TIME_MASK, 0, 3, 0)]
+    assert fused_sample(samples, plan, []).shape == (0, 80)
+    ours = fused_sample(speech_like(0.5), [(A.EDIT_FILL, 0, 0, 0), (A.EDIT_FREQ_MASK, 75, 10, 0)], [])
+    assert np.all(ours[:, 75:] == ours[0, 75]) and not np.isnan(ours).any()
+
+
+@pytest.mark.parametrize("plan, frames", [
+    ([(A.STEP_ROUND_TRIP, 8000, 16000, 0)], None),  # soxr's: numpy only
+    ([(A.EDIT_WARP, 40, 44, 0)], None),               # numpy only
+    ([(7, 0, 0, 0)], None),                           # no such kind
+    ([(A.EDIT_FILL, 0, 0, 0), (A.STEP_GAIN, 2.0, 0, 0)], None),  # an audio row after an edit
+    ([(A.STEP_NOISE, 2, 0, 10.0)], None),             # no third clip
+    ([(A.STEP_SHIFT, 16000, 0, 0)], None),            # shifts everything out
+    ([], 5),                                          # out has not the result's frame count
+])
+def test_the_one_call_refuses_what_it_cannot_apply(plan, frames):
+    clips = [speech_like(2.0, seed=9), speech_like(0.3, seed=10)]
+    assert fused_sample(speech_like(1.0), plan, clips, frames=frames) is None
+
+
 @pytest.fixture
 def fresh_library_state(monkeypatch):
     """Lets a test make the library unavailable; the loaded library comes back afterwards."""

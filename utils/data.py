@@ -4,7 +4,9 @@ Features are computed inside loader workers (utils/batch_workers.py, or Paddle's
 numpy or our C++ front end (no Paddle ops there: forked workers that touch Paddle's OpenMP pool can
 deadlock). A sample is addressed by the key `epoch * num_utterances + index`, so its augmentation
 is seeded by (seed, epoch, index) and does not depend on which worker computes it: a resumed run
-sees identical batches.
+sees identical batches. A sample's draws are all made first (SpeechDataset.draw); our workers then
+compute its augmented features in its rows of the batch, in one C++ call a sample where the library
+runs (make_batch).
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import functools
 import itertools
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import paddle
 
-from utils import batch_workers, feature_kernels, placement
+from utils import augment, batch_workers, feature_kernels, placement
 from utils.augment import Augmentation
 from utils.audio import load_audio
-from utils.features import compute_features, feature_dim, num_frames
+from utils.features import compute_features, feature_dim, front_end, num_frames
 from utils.manifest import Utterance, UtteranceTable
 from utils.text import Vocabulary
 
@@ -46,6 +49,19 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return generator
 
 
+@dataclass
+class DrawnSample:
+    """One sample before its features (SpeechDataset.draw): its decoded audio and every draw of its
+    augmentation, so that its features can be computed where they go (its rows of a batch)."""
+    samples: np.ndarray           # [N] float32, decoded, before augmentation
+    plan: np.ndarray              # [R, 4] float64: audio rows, then feature edits (utils/augment.py)
+    band_limit_hz: float | None   # a resample perturbation left to the features
+    num_frames: int               # T, the frames after the audio rows
+    native: bool                  # whether the C++ sample path can apply every row of the plan
+    labels: np.ndarray            # [L] int32
+    index: int                    # the utterance's index in the dataset
+
+
 class SpeechDataset(paddle.io.Dataset):
     """dataset[key] -> (feats [T, D] float32, labels [L] int32, index).
 
@@ -60,22 +76,54 @@ class SpeechDataset(paddle.io.Dataset):
         super().__init__()
         self.utterances, self.vocabulary = utterances, vocabulary
         self.feature_method, self.sample_rate, self.n_mels = feature_method, sample_rate, n_mels
+        self.dim = feature_dim(feature_method, sample_rate, n_mels)
         self.augmentation = augmentation or Augmentation()
         self.seed = seed
         feature_kernels.load()  # built and loaded here, before DataLoader workers fork from this process
+        self._noise = feature_kernels.noise_clips(self.augmentation.noise_clips)  # their addresses for C++
+
+    def __getstate__(self) -> dict:  # a pickled copy makes its own table of the clips' addresses
+        return {name: value for name, value in self.__dict__.items() if name != "_noise"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._noise = feature_kernels.noise_clips(self.augmentation.noise_clips)
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, key: int):
+        drawn = self.draw(key)
+        feats = self.features_into(drawn, np.empty((drawn.num_frames, self.dim), dtype=np.float32))
+        return feats, drawn.labels, drawn.index
+
+    def draw(self, key: int) -> DrawnSample:
+        """Sample `key`'s audio and all its augmentation draws (its generator is re-keyed by the next
+        sample's)."""
         epoch, index = divmod(int(key), len(self.utterances))
         rng = sample_rng(self.seed, epoch, index)
         utterance = self.utterances[index]
         samples = load_audio(utterance.audio_filepath, self.sample_rate)
-        samples, band_limit_hz = self.augmentation.apply_audio_for_features(samples, rng)
-        feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels, band_limit_hz)
-        feats = self.augmentation.apply_features(feats, rng)
-        return feats, np.asarray(self.vocabulary.encode(utterance.text), dtype=np.int32), index
+        rows, band_limit_hz, length = self.augmentation.draw_audio(rng, len(samples))
+        steps = num_frames(length, self.feature_method, self.sample_rate)
+        rows += self.augmentation.draw_feature_edits(rng, steps, self.dim)
+        labels = self.vocabulary.encode_array(utterance.text)
+        native = not any(row[0] in augment.NUMPY_ONLY_KINDS for row in rows)
+        return DrawnSample(samples, np.array(rows, dtype=np.float64).reshape(-1, 4), band_limit_hz, steps, native,
+                           labels, index)
+
+    def features_into(self, drawn: DrawnSample, out: np.ndarray) -> np.ndarray:
+        """The drawn sample's features written into out [T, D] (C-contiguous float32), which is returned:
+        by our C++ front end in one call where it runs, else step by step with numpy."""
+        settings = front_end(self.feature_method, self.sample_rate, self.n_mels, drawn.band_limit_hz)
+        if drawn.native and settings is not None:
+            if feature_kernels.sample_features(drawn.samples, drawn.plan, self._noise, settings, out):
+                return out
+        audio_rows = int(np.count_nonzero(drawn.plan[:, 0] < augment.EDIT_FILL))  # the plan's first rows
+        samples = augment.apply_audio_rows(drawn.samples, drawn.plan[:audio_rows].tolist(), self.augmentation.noise_clips)
+        feats = compute_features(samples, self.feature_method, self.sample_rate, self.n_mels, drawn.band_limit_hz)
+        out[...] = augment.apply_feature_edits(feats, drawn.plan[audio_rows:].tolist())
+        return out
 
     @property
     def durations(self) -> np.ndarray:
@@ -88,21 +136,41 @@ class SpeechDataset(paddle.io.Dataset):
 def collate(batch: list, buffer=None) -> tuple[np.ndarray, ...]:
     """Pad only: feats [B, T, D] (in `buffer`, a writable buffer, where it fits), feat_lens [B],
     labels [B, L] (0-padded), label_lens [B], indices [B]."""
-    feat_lens = np.array([len(f) for f, _, _ in batch], dtype=np.int64)
-    label_lens = np.array([len(lab) for _, lab, _ in batch], dtype=np.int64)
-    shape = (len(batch), int(feat_lens.max()), batch[0][0].shape[1])
+    feats, *rest = _padded_batch([len(f) for f, _, _ in batch], batch[0][0].shape[1], [lab for _, lab, _ in batch],
+                                 [i for _, _, i in batch], buffer)
+    for row, (feat, _, _) in enumerate(batch):
+        feats[row, :len(feat)] = feat
+    return (feats, *rest)
+
+
+def make_batch(dataset: SpeechDataset, keys: list[int], buffer=None) -> tuple[np.ndarray, ...]:
+    """collate([dataset[key] for key in keys], buffer)'s batch, each sample's features computed and
+    augmented in its rows of the batch."""
+    drawn = [dataset.draw(key) for key in keys]
+    feats, *rest = _padded_batch([d.num_frames for d in drawn], dataset.dim, [d.labels for d in drawn],
+                                 [d.index for d in drawn], buffer)
+    for row, sample in enumerate(drawn):
+        dataset.features_into(sample, feats[row, :sample.num_frames])
+    return (feats, *rest)
+
+
+def _padded_batch(feat_lens: list[int], dim: int, labels: list[np.ndarray], indices: list[int],
+                  buffer=None) -> tuple[np.ndarray, ...]:
+    """feats [B, T, D] with each row's frames past its length zeroed (the caller writes the others),
+    feat_lens [B], labels [B, L] (0-padded), label_lens [B], indices [B]."""
+    feat_lens = np.array(feat_lens, dtype=np.int64)
+    label_lens = np.array([len(label) for label in labels], dtype=np.int64)
+    shape = (len(feat_lens), int(feat_lens.max()), dim)
     count = shape[0] * shape[1] * shape[2]
     if buffer is not None and count * np.dtype(np.float32).itemsize <= len(buffer):
         feats = np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
     else:
         feats = np.empty(shape, dtype=np.float32)
-    labels = np.zeros((len(batch), max(1, label_lens.max())), dtype=np.int32)
-    for row, (feat, label, _) in enumerate(batch):
-        feats[row, :len(feat)] = feat
-        feats[row, len(feat):] = 0.0  # a reused buffer holds an earlier batch's values
-        labels[row, :len(label)] = label
-    indices = np.array([i for _, _, i in batch], dtype=np.int64)
-    return feats, feat_lens, labels, label_lens, indices
+    padded_labels = np.zeros((len(labels), max(1, label_lens.max())), dtype=np.int32)
+    for row, label in enumerate(labels):
+        feats[row, feat_lens[row]:] = 0.0  # a reused buffer holds an earlier batch's values
+        padded_labels[row, :len(label)] = label
+    return feats, feat_lens, padded_labels, label_lens, np.array(indices, dtype=np.int64)
 
 
 def epoch_batches(durations: np.ndarray, batch_size: int, epoch: int, seed: int,
@@ -219,7 +287,7 @@ def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int,
     if loader == "slots" and num_workers > 0:
         size = batch_workers.slot_bytes(sampler.batch_size, _longest_frames(dataset),
                                         feature_dim(dataset.feature_method, dataset.sample_rate, dataset.n_mels))
-        return batch_workers.worker_batches(functools.partial(_make_batch, dataset), batch_keys, num_workers, size,
+        return batch_workers.worker_batches(functools.partial(make_batch, dataset), batch_keys, num_workers, size,
                                             niced, worker_cores)
     return _close_at_end(make_loader(dataset, batch_keys, num_workers, niced, worker_cores))
 
@@ -228,10 +296,6 @@ def _longest_frames(dataset: SpeechDataset) -> int:
     durations = dataset.durations
     longest = float(durations.max()) if len(durations) else 0.0
     return num_frames(int(longest * dataset.sample_rate), dataset.feature_method, dataset.sample_rate)
-
-
-def _make_batch(dataset: SpeechDataset, keys: list[int], buffer) -> tuple[np.ndarray, ...]:
-    return collate([dataset[key] for key in keys], buffer)
 
 
 def _close_at_end(loader: paddle.io.DataLoader):

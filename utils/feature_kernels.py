@@ -121,6 +121,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ds2_scale_clip.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
     library.ds2_mix_clip.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
                                      ctypes.c_void_p]
+    library.ds2_sample_features.restype = ctypes.c_int64
+    library.ds2_sample_features.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     return library
 
 
@@ -170,6 +173,72 @@ def log_power_features(samples: np.ndarray, window: int, stride: int, n_fft: int
         if status != 0:
             raise ValueError(f"feature front end: window {window}, stride {stride}, n_fft {n_fft} not supported")
     return out
+
+
+class FrontEnd(ctypes.Structure):
+    """The settings and tables of ds2_log_power_features for ds2_sample_features, made once per feature
+    config (features.front_end); it keeps its arrays alive."""
+    _fields_ = [("window", ctypes.c_int32), ("stride", ctypes.c_int32), ("n_fft", ctypes.c_int32),
+                ("n_mels", ctypes.c_int32), ("log_floor", ctypes.c_float), ("hann", ctypes.c_void_p),
+                ("mel", ctypes.c_void_p), ("mel_bins", ctypes.c_void_p)]
+
+
+def front_end(window: int, stride: int, n_fft: int, hann: np.ndarray, mel: np.ndarray | None, log_floor: float,
+              mel_bins: np.ndarray | None = None) -> FrontEnd | None:
+    """log_power_features' arguments but the samples, for sample_features; None where the library is
+    not used."""
+    if load() is None or not fft_size_supported(n_fft):
+        return None
+    hann = np.ascontiguousarray(hann, dtype=np.float32)
+    if hann.shape != (window,) or window > n_fft:
+        raise ValueError(f"hann has shape {hann.shape}, not ({window},) with window <= n_fft {n_fft}")
+    arrays = [hann]
+    if mel is not None:
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        if mel.ndim != 2 or mel.shape[1] != n_fft // 2 + 1:
+            raise ValueError(f"mel has shape {mel.shape}, not (n_mels, {n_fft // 2 + 1}): one weight per FFT bin")
+        mel_bins = np.ascontiguousarray(nonzero_bins(mel) if mel_bins is None else mel_bins, dtype=np.int32)
+        if mel_bins.shape != (mel.shape[0], 2):
+            raise ValueError(f"mel_bins has shape {mel_bins.shape}, not ({mel.shape[0]}, 2): pass nonzero_bins(mel)")
+        arrays += [mel, mel_bins]
+    settings = FrontEnd(window, stride, n_fft, 0 if mel is None else mel.shape[0], log_floor, _address(hann),
+                        None if mel is None else _address(mel), None if mel is None else _address(mel_bins))
+    settings.arrays = arrays
+    settings.dim = n_fft // 2 + 1 if mel is None else mel.shape[0]
+    return settings
+
+
+class NoiseClips(ctypes.Structure):
+    """The augmentation's noise clips for ds2_sample_features (noise_clips makes it; it keeps them alive)."""
+    _fields_ = [("count", ctypes.c_int64), ("clips", ctypes.c_void_p), ("lengths", ctypes.c_void_p)]
+
+
+def noise_clips(clips: list[np.ndarray]) -> NoiseClips:
+    clips = [np.ascontiguousarray(clip, dtype=np.float32) for clip in clips]
+    addresses = np.array([_address(clip) for clip in clips] or [0], dtype=np.uint64)
+    lengths = np.array([len(clip) for clip in clips] or [0], dtype=np.int64)
+    table = NoiseClips(len(clips), _address(addresses), _address(lengths))
+    table.arrays = (clips, addresses, lengths)
+    return table
+
+
+def sample_features(samples: np.ndarray, plan: np.ndarray, noise: NoiseClips | None, settings: FrontEnd,
+                    out: np.ndarray) -> bool:
+    """out [T, D] (C-contiguous float32, T the frames of the samples after the plan's audio rows) :=
+    the features of samples [N] float32 after the audio rows of plan [R, 4] float64, then its edit rows
+    (utils/augment.py's STEP_* and EDIT_*, those of NUMPY_ONLY_KINDS excepted). False where the
+    library is not used or refuses the plan (the caller takes numpy's way)."""
+    library = load()
+    if library is None:
+        return False
+    if out.ndim != 2 or out.shape[1] != settings.dim or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out is a {out.dtype} array of shape {out.shape}, not a C-contiguous float32 (T, {settings.dim})")
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    plan = np.ascontiguousarray(plan, dtype=np.float64)
+    frames = library.ds2_sample_features(_address(samples), len(samples), _address(plan), len(plan),
+                                         None if noise is None else ctypes.addressof(noise), ctypes.addressof(settings),
+                                         _address(out), len(out))
+    return frames == len(out)
 
 
 def cubic_resample(samples: np.ndarray, new_length: int) -> np.ndarray | None:

@@ -162,6 +162,28 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear", sample
     return np.log(power @ weights.T + LOG_FLOOR)  # [T, n_mels]
 
 
+_front_ends: dict[tuple, feature_kernels.FrontEnd] = {}
+
+
+def front_end(feature_method: str, sample_rate: int = 16000, n_mels: int = 80,
+              band_limit_hz: float | None = None) -> feature_kernels.FrontEnd | None:
+    """compute_features' settings and tables for feature_kernels.sample_features, made once per
+    argument set; None where the C++ front end is not used."""
+    key = (feature_method, sample_rate, n_mels, band_limit_hz)
+    settings = _front_ends.get(key)
+    if settings is None:
+        _check_method(feature_method)
+        window, stride = window_and_stride(feature_method, sample_rate)
+        n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
+        settings = feature_kernels.front_end(window, stride, n_fft, _hann(window),
+                                             _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz),
+                                             LOG_FLOOR, _weights_bins(feature_method, sample_rate, n_fft, n_mels,
+                                                                      band_limit_hz))
+        if settings is not None:  # not kept while the library is off: it may be on later
+            _front_ends[key] = settings
+    return settings
+
+
 class FeatureStats:
     """Running sum and sum of squares per feature dimension, mergeable across workers."""
 

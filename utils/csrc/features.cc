@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include <fcntl.h>
@@ -479,6 +480,162 @@ void ds2_scale_clip(const float* samples, int64_t n, float gain, float* out) {
 void ds2_mix_clip(const float* samples, const float* noise, int64_t n, float scale, float* out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = std::fmin(1.0f, std::fmax(-1.0f, samples[i] + noise[i] * scale));
+}
+
+}  // extern "C"
+
+namespace {
+
+// The feature front end's settings and tables, made once per feature config and band limit by
+// utils/feature_kernels.FrontEnd (ds2_log_power_features' arguments but the samples and out).
+struct FrontEnd {
+  int32_t window, stride, n_fft, n_mels;  // n_mels 0: no mel matrix (the power spectrum's bins)
+  float log_floor;
+  const float* hann;        // [window]
+  const float* mel;         // [n_mels][n_fft / 2 + 1] or null
+  const int32_t* mel_bins;  // [n_mels][2] or null
+};
+
+// The noise clips of the augmentation: clips[i] holds lengths[i] samples.
+struct NoiseClips {
+  int64_t count;
+  const float* const* clips;
+  const int64_t* lengths;
+};
+
+// Row kinds of a sample's plan (utils/augment.py's STEP_* and EDIT_*, which must match).
+enum PlanKind : int {
+  kSpeed = 0,      // resample to a samples (cubic)
+  kGain = 1,       // times a, clipped to [-1, 1]
+  kShift = 2,      // by a samples (later where positive), silence filling, 0 < |a| < length
+  kNoise = 3,      // noise clip a from its sample b on (repeating), mixed at c dB SNR, clipped
+  kFill = 10,      // the fill of the masks after it := the features' mean
+  kFreqMask = 11,  // bands [a, a + b) := fill
+  kTimeMask = 12,  // frames [a, a + b) := fill
+  kCopy = 13,      // frames [a, a + b) := frames [c, c + b)
+};
+
+double SumOfSquares(const float* values, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(values[i]) * values[i];
+  return sum;
+}
+
+// out [n] = clip(samples + scale * the noise clip's samples from `start` on, repeating, -1, 1), where
+// scale sets the mix's signal-to-noise ratio to snr_db (both powers + 1e-10 as utils/augment.add_noise).
+void MixNoise(const float* samples, int64_t n, const float* clip, int64_t clip_length, int64_t start, double snr_db,
+              float* out) {
+  double noise_sum = 0.0;
+  for (int64_t done = 0; done < n;) {  // the stretch's power, one contiguous piece of the clip at a time
+    const int64_t at = (start + done) % clip_length, piece = std::min(n - done, clip_length - at);
+    noise_sum += SumOfSquares(clip + at, piece);
+    done += piece;
+  }
+  const double signal_power = SumOfSquares(samples, n) / n + 1e-10, noise_power = noise_sum / n + 1e-10;
+  const float scale = static_cast<float>(std::sqrt(signal_power / (noise_power * std::pow(10.0, snr_db / 10.0))));
+  for (int64_t done = 0; done < n;) {
+    const int64_t at = (start + done) % clip_length, piece = std::min(n - done, clip_length - at);
+    ds2_mix_clip(samples + done, clip + at, piece, scale, out + done);
+    done += piece;
+  }
+}
+
+// features [steps, dim] edited in place by the edit rows of a plan (kinds kFill..kCopy), in order,
+// as utils/augment.apply_feature_edits edits them; ranges are cut to the features. False for a row
+// of another kind.
+bool EditFeatures(float* features, int64_t steps, int dim, const double* rows, int count) {
+  auto clamp = [](int64_t value, int64_t limit) { return std::min(std::max<int64_t>(value, 0), limit); };
+  float fill = 0.0f;
+  for (int r = 0; r < count; ++r) {
+    const double* row = rows + 4 * r;
+    const int64_t a = static_cast<int64_t>(row[1]), b = static_cast<int64_t>(row[2]), c = static_cast<int64_t>(row[3]);
+    switch (static_cast<int>(row[0])) {
+      case kFill:  // numpy's float32 pairwise sum agrees within a few float32 roundings
+        fill = steps * dim > 0 ? static_cast<float>(
+            std::accumulate(features, features + steps * dim, 0.0) / static_cast<double>(steps * dim)) : 0.0f;
+        break;
+      case kFreqMask:
+        for (int64_t t = 0; t < steps; ++t) std::fill(features + t * dim + clamp(a, dim), features + t * dim + clamp(a + b, dim), fill);
+        break;
+      case kTimeMask:
+        std::fill(features + clamp(a, steps) * dim, features + clamp(a + b, steps) * dim, fill);
+        break;
+      case kCopy:
+        if (a >= 0 && c >= 0 && a < steps && c < steps) {
+          const int64_t rows_copied = std::min({b, steps - a, steps - c});
+          if (rows_copied > 0) std::memmove(features + a * dim, features + c * dim, rows_copied * dim * sizeof(float));
+        }
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+// One training sample's features from its decoded audio samples [num_samples] and its plan
+// [num_rows][4] (utils/augment.py's Augmentation.draw_plan): the audio rows in order (kSpeed..kNoise),
+// the features of the result into out [out_rows][dim] (ds2_log_power_features with front_end's
+// settings), then the edit rows (kFill..kCopy) on them. What a loader worker did in a dozen numpy
+// and ctypes calls a sample, in one, through two buffers per thread that are reused.
+// Returns the frames written, or -1 for a row of an unknown kind or out of order, a noise clip that
+// does not exist, a front end it cannot compute, or out_rows other than the result's frame count.
+int64_t ds2_sample_features(const float* samples, int64_t num_samples, const double* plan, int num_rows,
+                            const NoiseClips* noise, const FrontEnd* front_end, float* out, int64_t out_rows) {
+  constexpr size_t kKeptFloats = 4 << 20;  // buffers past 16 MB are freed after the call (long audio)
+  thread_local std::vector<float> buffers[2];
+  const float* current = samples;
+  int64_t length = num_samples;
+  int row = 0, next = 0;
+  for (; row < num_rows && plan[4 * row] < kFill; ++row) {
+    const double* step = plan + 4 * row;
+    const int kind = static_cast<int>(step[0]);
+    const int64_t new_length = kind == kSpeed ? static_cast<int64_t>(step[1]) : length;
+    if (new_length <= 0) return -1;
+    std::vector<float>& target = buffers[next];
+    if (target.size() < static_cast<size_t>(new_length)) target.resize(new_length);
+    float* to = target.data();
+    if (kind == kSpeed) {
+      ds2_cubic_resample(current, length, to, new_length);
+    } else if (kind == kGain) {
+      ds2_scale_clip(current, length, static_cast<float>(step[1]), to);
+    } else if (kind == kShift) {
+      const int64_t shift = static_cast<int64_t>(step[1]);
+      if (shift == 0 || std::abs(shift) >= length) return -1;
+      if (shift > 0) {
+        std::fill(to, to + shift, 0.0f);
+        std::memcpy(to + shift, current, (length - shift) * sizeof(float));
+      } else {
+        std::memcpy(to, current - shift, (length + shift) * sizeof(float));
+        std::fill(to + length + shift, to + length, 0.0f);
+      }
+    } else if (kind == kNoise) {
+      const int64_t clip = static_cast<int64_t>(step[1]), start = static_cast<int64_t>(step[2]);
+      if (noise == nullptr || clip < 0 || clip >= noise->count || noise->lengths[clip] <= 0 || start < 0) return -1;
+      MixNoise(current, length, noise->clips[clip], noise->lengths[clip], start, step[3], to);
+    } else {
+      return -1;
+    }
+    current = to;
+    length = new_length;
+    next = 1 - next;
+  }
+  int64_t frames = -1;
+  const int64_t expected = length < front_end->window ? 0 : 1 + (length - front_end->window) / front_end->stride;
+  if (expected == out_rows &&
+      ds2_log_power_features(current, length, front_end->window, front_end->stride, front_end->n_fft, front_end->hann,
+                             front_end->mel, front_end->mel_bins, front_end->n_mels, front_end->log_floor, out) == 0) {
+    const int dim = front_end->mel != nullptr ? front_end->n_mels : front_end->n_fft / 2 + 1;
+    if (EditFeatures(out, out_rows, dim, plan + 4 * row, num_rows - row)) frames = out_rows;
+  }
+  for (std::vector<float>& buffer : buffers) {
+    if (buffer.capacity() > kKeptFloats) std::vector<float>().swap(buffer);
+  }
+  return frames;
 }
 
 }  // extern "C"
