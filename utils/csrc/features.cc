@@ -1,8 +1,10 @@
 // The feature front end of utils/features.py in one pass over the samples: frames, Hann window,
 // real FFT, power, mel filterbank (or none) and log; and the loader worker's other passes over a
 // clip's samples: the 16-bit PCM WAV reader of utils/audio.py, and the cubic resampler, gain and
-// noise mix of the augmentation (utils/augment.py). A plain C ABI library (ctypes, no Paddle), so
-// that forked DataLoader workers can call it; utils/feature_kernels.py builds and loads it.
+// noise mix of the augmentation (utils/augment.py); and a training sample's whole way from its
+// decoded samples to its augmented features in one call (ds2_sample_features). A plain C ABI library
+// (ctypes, no Paddle), so that forked DataLoader workers can call it; utils/feature_kernels.py builds
+// and loads it.
 //
 // The FFT runs on kLanes frames at once: a radix-2 complex FFT of n_fft / 2 points over arrays
 // [point][lane], whose innermost lane loops the compiler turns into SIMD instructions, followed by
@@ -486,8 +488,8 @@ void ds2_mix_clip(const float* samples, const float* noise, int64_t n, float sca
 
 namespace {
 
-// The feature front end's settings and tables, made once per feature config and band limit by
-// utils/feature_kernels.FrontEnd (ds2_log_power_features' arguments but the samples and out).
+// The feature front end's settings and tables (ds2_log_power_features' arguments but the samples and
+// out), made once per feature config and band limit by utils/features.front_end.
 struct FrontEnd {
   int32_t window, stride, n_fft, n_mels;  // n_mels 0: no mel matrix (the power spectrum's bins)
   float log_floor;
