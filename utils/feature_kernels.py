@@ -12,8 +12,8 @@ calls around them: 19, 11 and 31 us against 28, 18 and 38 (load_audio, volume_pe
 a 3.5 s clip), about 0.3 ms of a training batch's 5 ms of loader CPU. sample_features runs a training
 sample's whole way from its decoded samples to its augmented features (the audio steps, the fbank,
 SpecAugment's masks and SpecSub's copies, as rows drawn by utils/augment.py) in one call, into its
-rows of the batch: the numpy and ctypes calls around a dozen steps cost the worker about 0.8 ms a
-batch of 16 of its 4-5.
+rows of the batch: the numpy and ctypes calls around a dozen steps had cost the worker 0.6-1.0 ms of
+a batch of 16's 4-6 ms.
 
 In a training step's DataLoader worker this CPU is taken from the step's own threads on a machine
 they fill (README, "Benchmarks": pipeline ratio). The library links nothing but libc and libm and
