@@ -2,7 +2,9 @@
 
 `conf/augmentation.json` is a list of {"type", "params", "prob"}; each entry runs with
 probability `prob`, in file order, audio-domain entries before feature-domain ones.
-Every function takes a numpy Generator so a seeded run augments identically.
+Every function takes a numpy Generator so a seeded run augments identically; each is a draw half,
+which turns the draws into rows (see STEP_* and EDIT_* below), and an apply half, so that a loader
+worker can make a sample's draws first and compute its augmented features in one C++ call.
 """
 from __future__ import annotations
 

@@ -285,8 +285,7 @@ def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int,
         raise ValueError(f"data.loader must be one of {', '.join(LOADERS)}, not '{loader}'")
     batch_keys = RunSampler(sampler, epochs)
     if loader == "slots" and num_workers > 0:
-        size = batch_workers.slot_bytes(sampler.batch_size, _longest_frames(dataset),
-                                        feature_dim(dataset.feature_method, dataset.sample_rate, dataset.n_mels))
+        size = batch_workers.slot_bytes(sampler.batch_size, _longest_frames(dataset), dataset.dim)
         return batch_workers.worker_batches(functools.partial(make_batch, dataset), batch_keys, num_workers, size,
                                             niced, worker_cores)
     return _close_at_end(make_loader(dataset, batch_keys, num_workers, niced, worker_cores))

@@ -158,25 +158,33 @@ def log_power_features(samples: np.ndarray, window: int, stride: int, n_fft: int
     dim = mel.shape[0] if mel is not None else n_fft // 2 + 1
     out = np.empty((count, dim), dtype=np.float32)
     if count:
-        mel_pointer = bins_pointer = None
-        if mel is not None:
-            mel = np.ascontiguousarray(mel, dtype=np.float32)
-            if mel.ndim != 2 or mel.shape[1] != n_fft // 2 + 1:
-                raise ValueError(f"mel has shape {mel.shape}, not ({dim}, {n_fft // 2 + 1}): one weight per FFT bin")
-            mel_bins = np.ascontiguousarray(nonzero_bins(mel) if mel_bins is None else mel_bins, dtype=np.int32)
-            if mel_bins.shape != (dim, 2):
-                raise ValueError(f"mel_bins has shape {mel_bins.shape}, not ({dim}, 2): pass nonzero_bins(mel)")
-            mel_pointer, bins_pointer = _address(mel), _address(mel_bins)
+        hann, mel, mel_bins = _checked_tables(window, n_fft, hann, mel, mel_bins)
         samples = np.ascontiguousarray(samples, dtype=np.float32)
-        hann = np.ascontiguousarray(hann, dtype=np.float32)
-        if hann.shape != (window,):
-            raise ValueError(f"hann has shape {hann.shape}, not ({window},)")
         status = library.ds2_log_power_features(_address(samples), len(samples), window, stride, n_fft, _address(hann),
-                                                mel_pointer, bins_pointer, dim if mel is not None else 0, log_floor,
-                                                _address(out))
+                                                None if mel is None else _address(mel),
+                                                None if mel is None else _address(mel_bins),
+                                                dim if mel is not None else 0, log_floor, _address(out))
         if status != 0:
             raise ValueError(f"feature front end: window {window}, stride {stride}, n_fft {n_fft} not supported")
     return out
+
+
+def _checked_tables(window: int, n_fft: int, hann: np.ndarray, mel: np.ndarray | None,
+                    mel_bins: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """hann [window], mel [n_mels, n_fft // 2 + 1] and mel_bins [n_mels, 2] (nonzero_bins(mel) when not
+    given) as the contiguous float32 / int32 arrays the front end reads; a ValueError naming a wrong shape."""
+    hann = np.ascontiguousarray(hann, dtype=np.float32)
+    if hann.shape != (window,):
+        raise ValueError(f"hann has shape {hann.shape}, not ({window},)")
+    if mel is None:
+        return hann, None, None
+    mel = np.ascontiguousarray(mel, dtype=np.float32)
+    if mel.ndim != 2 or mel.shape[1] != n_fft // 2 + 1:
+        raise ValueError(f"mel has shape {mel.shape}, not (n_mels, {n_fft // 2 + 1}): one weight per FFT bin")
+    mel_bins = np.ascontiguousarray(nonzero_bins(mel) if mel_bins is None else mel_bins, dtype=np.int32)
+    if mel_bins.shape != (mel.shape[0], 2):
+        raise ValueError(f"mel_bins has shape {mel_bins.shape}, not ({mel.shape[0]}, 2): pass nonzero_bins(mel)")
+    return hann, mel, mel_bins
 
 
 class FrontEnd(ctypes.Structure):
@@ -193,21 +201,12 @@ def front_end(window: int, stride: int, n_fft: int, hann: np.ndarray, mel: np.nd
     not used."""
     if load() is None or not fft_size_supported(n_fft):
         return None
-    hann = np.ascontiguousarray(hann, dtype=np.float32)
-    if hann.shape != (window,) or window > n_fft:
-        raise ValueError(f"hann has shape {hann.shape}, not ({window},) with window <= n_fft {n_fft}")
-    arrays = [hann]
-    if mel is not None:
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
-        if mel.ndim != 2 or mel.shape[1] != n_fft // 2 + 1:
-            raise ValueError(f"mel has shape {mel.shape}, not (n_mels, {n_fft // 2 + 1}): one weight per FFT bin")
-        mel_bins = np.ascontiguousarray(nonzero_bins(mel) if mel_bins is None else mel_bins, dtype=np.int32)
-        if mel_bins.shape != (mel.shape[0], 2):
-            raise ValueError(f"mel_bins has shape {mel_bins.shape}, not ({mel.shape[0]}, 2): pass nonzero_bins(mel)")
-        arrays += [mel, mel_bins]
+    if window > n_fft:
+        raise ValueError(f"window {window} is longer than n_fft {n_fft}")
+    hann, mel, mel_bins = _checked_tables(window, n_fft, hann, mel, mel_bins)
     settings = FrontEnd(window, stride, n_fft, 0 if mel is None else mel.shape[0], log_floor, _address(hann),
                         None if mel is None else _address(mel), None if mel is None else _address(mel_bins))
-    settings.arrays = arrays
+    settings.arrays = (hann, mel, mel_bins)
     settings.dim = n_fft // 2 + 1 if mel is None else mel.shape[0]
     return settings
 
@@ -218,6 +217,7 @@ class NoiseClips(ctypes.Structure):
 
 
 def noise_clips(clips: list[np.ndarray]) -> NoiseClips:
+    """The clips' addresses and lengths in a table sample_features passes on (any count, none too)."""
     clips = [np.ascontiguousarray(clip, dtype=np.float32) for clip in clips]
     addresses = np.array([_address(clip) for clip in clips] or [0], dtype=np.uint64)
     lengths = np.array([len(clip) for clip in clips] or [0], dtype=np.int64)
