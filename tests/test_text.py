@@ -18,6 +18,9 @@ NORMALIZED = [
     ("  a \t  b  ", "a b"),                           # whitespace runs collapse
     ("“quoted” text", "quoted text"),
     ("ﬁne", "fine"),                                  # ligature (NFKC)
+    ("co\u00adoperate", "cooperate"),                 # soft hyphen: invisible, no word break
+    ("hel\u200blo wor\u200dld", "hello world"),       # zero-width space and joiner
+    ("\u200eİstanbul", "istanbul"),                   # left-to-right mark; 'İ'.lower() leaves U+0307
 ]
 
 

@@ -36,6 +36,8 @@ def _fold_char(char: str) -> str:
     if char in "’‘`":
         return "'"
     category = unicodedata.category(char)
+    if category in ("Cf", "Mn"):  # invisible format characters (soft hyphen, zero-width space and joiners)
+        return ""                 # and combining marks NFKC left alone ('İ'.lower() is 'i' + U+0307): no word break
     if category.startswith(("P", "S", "Z", "C")):  # punctuation, symbols, separators, controls
         return " "
     base = unicodedata.normalize("NFKD", char)[0].lower()  # é -> e
