@@ -26,12 +26,13 @@ def main() -> None:
         summary = create_data(cfg)
     except DataPrepError as err:
         sys.exit(f"create_data.py: error: {err}")
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        sys.exit(f"create_data.py: error: {err}. Each output (manifests, vocabulary, mean/std) replaces "
-                 f"the old one only once written in full; free space on the disk of the manifests (kept "
-                 f"lines wait there in unnamed temporary files until they are written) and rerun.")
+    except OSError as err:  # the disk full, a folder made read-only meanwhile
+        where = f" with {err.filename}" if err.filename else ""
+        hint = ("free space on the disk of the manifests (kept lines wait there in unnamed temporary files until "
+                "they are written) and rerun" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it and rerun")
+        sys.exit(f"create_data.py: error{where}: {err.strerror or err}. The outputs (manifests, vocabulary, "
+                 f"mean/std) take their names only once all are written, so the last run's set is still whole; "
+                 f"{hint}.")
     print(summary.line())
 
 

@@ -1,6 +1,7 @@
 """create_data: every input format, every bad-input class, resampling, statistics, the CLI."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -58,7 +59,10 @@ def test_test_txt_is_the_test_set_and_unknown_characters_are_counted(clean_corpu
     write_text(clean_corpus / "annotation" / "test.txt", [f"{clean_corpus / 'audio' / 'a.wav'}\tabd"])
     summary = create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
     assert [t["text"] for t in manifest(clean_corpus, "test")] == ["abd"]
-    assert len(manifest(clean_corpus, "train")) == 5
+    assert len(manifest(clean_corpus, "train")) == 4  # a.wav's training line left out: its audio is a test line's
+    [skip] = read_skipped(clean_corpus / "out" / "skipped.txt")
+    assert skip[2] == (f"the same audio as test line {clean_corpus / 'annotation' / 'test.txt'}:1; kept out of "
+                       f"training so that the test set stays unseen")
     assert (summary.oov_test, summary.oov_chars) == (1, "d")
     assert "1 test utterances with characters not in the vocabulary (d)" in summary.line()
 
@@ -325,3 +329,111 @@ def test_full_disk_is_a_clear_error(clean_corpus):
     assert result.returncode == 1, result.stderr
     assert "No space left on device" in result.stderr and "free space" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "m.train").exists()
+
+
+def corrupt_flac(path: Path) -> Path:
+    """A FLAC file whose header reads fine and whose frames do not decode (the decoder loses sync)."""
+    write_tone(path, 2.0, freq=500.0)
+    data = bytearray(path.read_bytes())
+    noise = np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8)
+    data[len(data) // 3:len(data) // 3 + len(noise)] = noise.tobytes()
+    path.write_bytes(bytes(data))
+    soundfile.info(str(path))  # the header still reads
+    with pytest.raises(AudioError):
+        load_audio(path)
+    return path
+
+
+def test_test_audio_that_does_not_decode_is_skipped(clean_corpus):
+    """A test line whose header reads over frames that do not decode (the statistics never read test
+    lines): left out, so no evaluation meets it; its training twin is left out as a test line's audio."""
+    bad = corrupt_flac(clean_corpus / "audio" / "bad.flac")
+    with open(clean_corpus / "annotation" / "train.txt", "a", encoding="utf-8") as handle:
+        handle.write(f"{bad}\tbad one\n")
+    write_text(clean_corpus / "annotation" / "test.txt", [f"{bad}\tbad test", f"{clean_corpus / 'audio' / 'x.wav'}\tx"])
+    write_tone(clean_corpus / "audio" / "x.wav", 0.5)
+    create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+    skipped = sorted((Path(row[0]).name, row[1], row[2].split(" (")[0]) for row in
+                     read_skipped(clean_corpus / "out" / "skipped.txt"))
+    assert skipped == [("test.txt", "1", "audio: not readable audio"),
+                       ("train.txt", "6", "the same audio as test line " + str(clean_corpus / "annotation" / "test.txt")
+                        + ":1; kept out of training so that the test set stays unseen")]
+    assert [t["text"] for t in manifest(clean_corpus, "test")] == ["x"]
+    assert len(manifest(clean_corpus, "train")) == 5
+
+
+@pytest.mark.parametrize("num_samples", [1, -1])
+def test_training_audio_that_does_not_decode_is_skipped_inside_or_outside_the_statistics_sample(
+        clean_corpus, num_samples):
+    bad = corrupt_flac(clean_corpus / "audio" / "bad.flac")
+    with open(clean_corpus / "annotation" / "train.txt", "a", encoding="utf-8") as handle:
+        handle.write(f"{bad}\tbad one\n")
+    create_data(prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.num_samples": num_samples,
+                                                                           "prep.test_every": 0}))
+    [skip] = read_skipped(clean_corpus / "out" / "skipped.txt")
+    assert skip[1] == "6" and skip[2].startswith("audio: not readable audio")
+    assert len(manifest(clean_corpus, "train")) == 5
+
+
+def test_cr_and_utf16_lists_read_line_by_line(tmp_path):
+    """Old Mac files (lone CR) and Windows Notepad's "Unicode" (UTF-16 with its BOM) give one line
+    each, numbered as an editor numbers them; a stray CR never reaches skipped.txt raw."""
+    tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5) for name in "abc"]
+    lines = [f"{tones[0]}\tone", f"{tones[1]}\ttwo", "no tab here", f"{tones[2]}\tthree"]
+    (tmp_path / "cr.txt").write_bytes("\r".join(lines).encode("utf-8") + b"\r")
+    (tmp_path / "u16.txt").write_bytes("\r\n".join(lines).encode("utf-16"))  # with its BOM
+    for name in ("cr.txt", "u16.txt"):
+        create_data(prep_config(tmp_path, tmp_path / name, **{"prep.test_every": 0}))
+        assert sorted(t["text"] for t in manifest(tmp_path, "train")) == ["one", "three", "two"], name
+        assert [row[1:] for row in read_skipped(tmp_path / "out" / "skipped.txt")] == [
+            ["3", "no tab; MASR lines are path<TAB>text", "no tab here"]], name
+
+
+def test_json_values_that_are_not_strings_are_skipped(tmp_path):
+    good = write_tone(tmp_path / "good.wav", 0.5)
+    write_text(tmp_path / "in.jsonl", [json.dumps({"audio_filepath": str(good), "text": "ok"}),
+                                       json.dumps({"audio_filepath": str(good), "text": ["a", "b"]}),
+                                       json.dumps({"audio_filepath": 7, "text": "seven"})])
+    create_data(prep_config(tmp_path, tmp_path / "in.jsonl", **{"prep.test_every": 0}))
+    assert [row[1:3] for row in read_skipped(tmp_path / "out" / "skipped.txt")] == [
+        ["2", "'text' is a JSON list, not a string"], ["3", "'audio_filepath' is a JSON int, not a string"]]
+
+
+def test_audio_shorter_than_one_window_is_skipped(tmp_path):
+    tones = [write_tone(tmp_path / "short.wav", 0.01), write_tone(tmp_path / "long.wav", 0.5)]
+    write_text(tmp_path / "in.txt", [f"{tone}\tword" for tone in tones])
+    create_data(prep_config(tmp_path, tmp_path / "in.txt", **{"prep.test_every": 0, "data.min_duration": 0.0}))
+    assert [row[1:3] for row in read_skipped(tmp_path / "out" / "skipped.txt")] == [
+        ["1", "duration 0.010 s: shorter than one feature window (raise --min_duration)"]]
+
+
+def test_a_failed_write_leaves_the_last_outputs_whole(clean_corpus, monkeypatch):
+    """The disk full while the outputs are written: the last run's manifests, vocabulary and mean/std
+    all stay as they were (not new manifests beside an old vocabulary), and no temporary file is left."""
+    create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+    out = clean_corpus / "out"
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with open(clean_corpus / "annotation" / "train.txt", "a", encoding="utf-8") as handle:
+        handle.write(f"{write_tone(clean_corpus / 'audio' / 'z.wav', 0.5)}\tzebra\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(data_prep, "save_mean_std", full)
+    with pytest.raises(OSError, match="No space left"):
+        create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert after.keys() - {"skipped.txt"} == before.keys() - {"skipped.txt"}
+    assert all(after[name] == before[name] for name in before if name != "skipped.txt")
+
+
+def test_an_output_path_that_cannot_be_written_stops_before_the_work(tmp_path):
+    listing = write_text(tmp_path / "in.txt", [f"{write_tone(tmp_path / 'a.wav', 0.5)}\tword"])
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    cases = {"data.dataset_vocab": (str(tmp_path / "a_file" / "vocabulary.txt"), "cannot make the folder"),
+             "data.mean_std_path": (str(tmp_path / "a_folder"), "is a folder; pass --mean_std_path"),
+             "prep.resampled_dir": (str(tmp_path / "a_file"), "is a file; pass --resampled_dir")}
+    for key, (value, message) in cases.items():
+        with pytest.raises(DataPrepError, match=message):
+            create_data(prep_config(tmp_path, listing, **{key: value}))
+        assert not (tmp_path / "out" / "manifest.train").exists()

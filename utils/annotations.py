@@ -30,6 +30,7 @@ CSV_PATH_COLUMN = "wav_filename"
 CSV_TEXT_COLUMN = "transcript"
 CSV_DEFAULT_COLUMNS = (0, 2)  # wav_filename, transcript when the header is missing
 UTF8_BOM = "\ufeff"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SKIPPED_NAME = "skipped.txt"
 SKIPPED_HEADER = "source\tline\treason\traw"
 
@@ -76,7 +77,7 @@ class SkipLog:
 
     def add(self, source: str, line_no: int, reason: str, raw: str) -> None:
         reason = " ".join(reason.split())
-        raw = raw.replace("\t", "\\t").replace("\n", "\\n")
+        raw = raw.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
         self._handle.write(f"{source}\t{line_no}\t{reason}\t{raw}\n")
         self.count += 1
 
@@ -150,18 +151,34 @@ def _parser_for(path: Path) -> Callable[[Path], Iterator[ParsedLine]]:
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
     """(line_no, text or None when not UTF-8, raw text for reports); blank lines are left out."""
+    for line_no, data in enumerate(_file_lines(path), 1):
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line_no, None, data.decode("utf-8", errors="backslashreplace")
+            continue
+        if line_no == 1:
+            line = line.removeprefix(UTF8_BOM)
+        if line.strip():
+            yield line_no, line, line
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines without their ends, split at LF, CRLF or a lone CR (old Mac files, which would
+    otherwise read as one line); a UTF-16 file with its BOM (Windows Notepad's "Unicode") as UTF-8."""
     with open(path, "rb") as handle:
-        for line_no, data in enumerate(handle, 1):
-            data = data.rstrip(b"\r\n")
+        if handle.read(2) in UTF16_BOMS:
+            handle.seek(0)
             try:
-                line = data.decode("utf-8")
+                data = handle.read().decode("utf-16").encode("utf-8")
             except UnicodeDecodeError:
-                yield line_no, None, data.decode("utf-8", errors="backslashreplace")
-                continue
-            if line_no == 1:
-                line = line.removeprefix(UTF8_BOM)
-            if line.strip():
-                yield line_no, line, line
+                yield b"\xff\xfe not valid UTF-16 text"  # not UTF-8 either: reported as such, with its line
+                return
+            yield from data.splitlines()
+            return
+        handle.seek(0)
+        for data in handle:  # bytes.splitlines splits at LF, CRLF and CR only (str.splitlines at more)
+            yield from data.splitlines() if b"\r" in data.rstrip(b"\r\n") else (data.rstrip(b"\r\n"),)
 
 
 def _not_utf8() -> LineError:
@@ -200,9 +217,11 @@ def _parse_json(line: str) -> tuple[str, str] | LineError:
     for key in ("audio_filepath", "text"):
         if key not in item or item[key] is None:
             return LineError(f"missing key '{key}'")
-    if not str(item["audio_filepath"]).strip():
+        if not isinstance(item[key], str):  # a list or a number would be stringified into a transcript
+            return LineError(f"'{key}' is a JSON {type(item[key]).__name__}, not a string")
+    if not item["audio_filepath"].strip():
         return LineError("empty audio path")
-    return str(item["audio_filepath"]).strip(), str(item["text"])
+    return item["audio_filepath"].strip(), item["text"]
 
 
 def _read_csv(path: Path) -> Iterator[ParsedLine]:

@@ -110,5 +110,8 @@ def save_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_SA
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
-    tmp.replace(path)
+    try:
+        soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only by an error (a full disk)

@@ -34,7 +34,7 @@ from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, InputError, Skip, S
                                find_inputs, read_inputs)
 from utils.audio import AudioError, audio_info, load_audio, save_wav
 from utils.config import Config, PrepConfig
-from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feature_dim, save_mean_std
+from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feature_dim, num_frames, save_mean_std
 from utils.kept import KeptTable, raw_lines, rows_in_order
 from utils.manifest import Utterance, resolve_audio_path, write_manifest
 from utils.text import Vocabulary
@@ -87,15 +87,19 @@ def create_data(cfg: Config) -> PrepSummary:
     with _worker_pool(cfg.data.num_workers) as workers, SkipLog(Path(summary.skipped_path)) as skips:
         kept = _read_and_probe(files, cfg, skips, workers)
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
+        _drop_test_audio_from_train(kept, train, test)
         noise = _probe_noise(cfg, skips, workers)
         summary.resampled = _convert_all([kept, noise], cfg, workers)
         for table in (kept, noise):
             table.write_drops(skips, raw_lines)
         train = _require_train(kept, train, summary.skipped_path)
         try:
-            mean, std = _feature_stats(kept, train, cfg, workers)
+            mean, std, decoded = _feature_stats(kept, train, cfg, workers)
+            _decode_check(kept, np.setdiff1d(kept.alive(np.concatenate([train, test])), decoded), cfg, workers)
+            _decode_check(noise, noise.alive(), cfg, workers)
         finally:  # skipped.txt names every failure, also when no frames were left
-            kept.write_drops(skips, raw_lines)
+            for table in (kept, noise):
+                table.write_drops(skips, raw_lines)
         train, test = _require_train(kept, train, summary.skipped_path), kept.alive(test)
         summary.skipped = skips.count
     vocab = Vocabulary.build((kept.text(row) for row in train), cfg.prep.count_threshold)
@@ -122,6 +126,25 @@ def _check_config(cfg: Config) -> None:
         raise DataPrepError(f"num_samples is {cfg.prep.num_samples}; use -1 (all) or a positive count")
     if cfg.prep.test_every < 0 or cfg.prep.max_test < 0:
         raise DataPrepError("prep.test_every and prep.max_test must be >= 0 (0 turns the split off)")
+    _check_outputs(cfg)
+
+
+def _check_outputs(cfg: Config) -> None:
+    """Every output's folder made now, and no output a folder: such a fault would otherwise surface
+    only after all the work, when the outputs are written."""
+    files = {"prep.manifest_prefix": f"{cfg.prep.manifest_prefix}.train", "data.dataset_vocab": cfg.data.dataset_vocab,
+             "data.mean_std_path": cfg.data.mean_std_path}
+    if Path(cfg.prep.resampled_dir).is_file():
+        raise DataPrepError(f"prep.resampled_dir {cfg.prep.resampled_dir} is a file; pass --resampled_dir=a folder")
+    for key, folder in ((key, str(Path(path).parent)) for key, path in files.items()):
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataPrepError(f"cannot make the folder {folder} for {key} ({err.strerror}); "
+                                f"pass --{key.split('.')[-1]}=a path in a writable folder") from None
+    for key, path in files.items():
+        if Path(path).is_dir():
+            raise DataPrepError(f"{path} ({key}) is a folder; pass --{key.split('.')[-1]}=a file path")
 
 
 def _require_train(kept: KeptTable, train: np.ndarray, skipped_path: str) -> np.ndarray:
@@ -214,6 +237,11 @@ def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Wor
             skips.add(cand.source, cand.line_no, f"duration {duration:.2f} s outside [{limits[0]}, {limits[1]}] "
                       f"(min_duration/max_duration)", cand.raw)
             continue
+        if num_frames(int(duration * cfg.features.sample_rate), cfg.features.feature_method,
+                      cfg.features.sample_rate) == 0:
+            skips.add(cand.source, cand.line_no, f"duration {duration:.3f} s: shorter than one feature window "
+                      f"(raise --min_duration)", cand.raw)
+            continue
         kept.append(cand.source, cand.line_no, path, cand.text, duration, rate, channels, cand.is_test_file)
     for record in pending:  # skips after the last candidate
         skips.add(record.source, record.line_no, record.reason, record.raw)
@@ -237,6 +265,17 @@ def _split(kept: KeptTable, prep: PrepConfig, has_test_file: bool) -> tuple[np.n
         if prep.test_every > 0:
             to_test[rows[::prep.test_every][:prep.max_test]] = True
     return rows[~to_test], rows[to_test]
+
+
+def _drop_test_audio_from_train(kept: KeptTable, train: np.ndarray, test: np.ndarray) -> None:
+    """Training lines whose audio file is also a test line's are dropped (to skipped.txt): the same
+    recording on both sides would score the model on what it trained on. Holds the test set's paths."""
+    test_lines = {os.path.abspath(kept.input_path(int(row))): int(row) for row in test}
+    for row in train:
+        twin = test_lines.get(os.path.abspath(kept.input_path(int(row))))
+        if twin is not None:
+            kept.drop(int(row), f"the same audio as test line {kept.where(twin)}; kept out of training so that "
+                                f"the test set stays unseen")
 
 
 def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> KeptTable:
@@ -340,8 +379,9 @@ def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[Feat
 
 
 def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
-                   workers: Workers) -> tuple[np.ndarray, np.ndarray]:
-    """mean/std [D] over a seeded sample of num_samples training rows (-1: all of them).
+                   workers: Workers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mean/std [D] over a seeded sample of num_samples training rows (-1: all of them), and the rows
+    of that sample (their audio decoded here).
 
     Rows whose audio fails to decode here are dropped from the table (and go to skipped.txt).
     """
@@ -361,7 +401,30 @@ def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
     if total.frames == 0:
         raise DataPrepError("the sampled training audio gave no feature frames (all shorter than one window); "
                             "raise --min_duration or check the audio")
-    return total.mean_std()
+    return (*total.mean_std(), sample)
+
+
+def _decode_one(job: tuple[int, str, int]) -> tuple[int, str | None]:
+    row, path, rate = job
+    try:
+        load_audio(path, rate)
+    except AudioError as err:
+        return row, _audio_reason(err, path)
+    return row, None
+
+
+def _decode_check(table: KeptTable, rows: np.ndarray, cfg: Config, workers: Workers) -> None:
+    """Decode the audio of the rows not decoded by the conversion or the statistics: a header can read
+    fine over data that does not (a FLAC file that lost sync), and such a file would otherwise stop a
+    training epoch or an evaluation that reaches it. Failures are dropped from the table. 16-bit WAV
+    files cost a file read each."""
+    rows = rows[~np.frombuffer(table.converted, dtype=np.int8).astype(bool)[rows]]
+    if not len(rows):
+        return
+    tasks = ((int(row), table.path(int(row)), cfg.features.sample_rate) for row in rows)
+    for row, reason in _pmap(workers, _decode_one, tasks, "audio check", total=len(rows)):
+        if reason is not None:
+            table.drop(row, reason)
 
 
 def _manifest_path(path: str, data_dir: Optional[str]) -> str:
@@ -379,24 +442,25 @@ def _utterances(table: KeptTable, rows: np.ndarray, data_dir: Optional[str],
 
 def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.ndarray, noise: KeptTable,
                    vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> list[str]:
-    prefix, data_dir = cfg.prep.manifest_prefix, cfg.data.data_dir
-    written = [f"{prefix}.train", f"{prefix}.test"]
-    write_manifest(written[0], _utterances(kept, train, data_dir))
-    write_manifest(written[1], _utterances(kept, test, data_dir))
+    """The outputs, each written under a temporary name (`<name>.new`); they take their names only once
+    all are written, so that an error (a full disk) leaves the last run's set whole, never new
+    manifests beside an old vocabulary, and no temporary file."""
+    prefix, data_dir, feats = cfg.prep.manifest_prefix, cfg.data.data_dir, cfg.features
     noise_rows = noise.alive()
+    manifests = {f"{prefix}.train": _utterances(kept, train, data_dir), f"{prefix}.test": _utterances(kept, test, data_dir)}
     if len(noise_rows):
-        written.append(f"{prefix}.noise")
-        write_manifest(written[-1], _utterances(noise, noise_rows, data_dir, by_duration=False))
-    vocab_path = Path(cfg.data.dataset_vocab)
-    vocab_path.parent.mkdir(parents=True, exist_ok=True)
-    vocab_tmp = vocab_path.with_name(vocab_path.name + ".tmp")
-    vocab.save(vocab_tmp)
-    vocab_tmp.replace(vocab_path)
-    mean_std_path = Path(cfg.data.mean_std_path)
-    mean_std_path.parent.mkdir(parents=True, exist_ok=True)
-    mean_std_tmp = mean_std_path.with_name(mean_std_path.name + ".tmp")
-    with open(mean_std_tmp, "wb") as handle:
-        feats = cfg.features
-        save_mean_std(handle, mean, std, feats.feature_method, feats.sample_rate, feats.n_mels)
-    mean_std_tmp.replace(mean_std_path)
-    return written + [str(vocab_path), str(mean_std_path)]
+        manifests[f"{prefix}.noise"] = _utterances(noise, noise_rows, data_dir, by_duration=False)
+    outputs = [*manifests, cfg.data.dataset_vocab, cfg.data.mean_std_path]
+    staged = {path: f"{path}.new" for path in outputs}
+    try:
+        for path, utterances in manifests.items():
+            write_manifest(staged[path], utterances)
+        vocab.save(staged[cfg.data.dataset_vocab])
+        with open(staged[cfg.data.mean_std_path], "wb") as handle:
+            save_mean_std(handle, mean, std, feats.feature_method, feats.sample_rate, feats.n_mels)
+        for path in outputs:
+            os.replace(staged[path], path)
+    finally:
+        for path in staged.values():
+            Path(path).unlink(missing_ok=True)
+    return outputs

@@ -84,6 +84,10 @@ class KeptTable:
     def text(self, row: int) -> str:
         return self._texts[row]
 
+    def where(self, row: int) -> str:
+        """'list file:line' of a row."""
+        return f"{self.sources[self._source[row]]}:{self._line_no[row]}"
+
     def is_test_file(self, row: int) -> bool:
         return bool(self._is_test[row])
 

@@ -173,10 +173,13 @@ def write_manifest(path: str | Path, utterances: Iterable[Utterance]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for utt in utterances:
-            record = {"audio_filepath": utt.audio_filepath, "duration": round(utt.duration, 4), "text": utt.text}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for utt in utterances:
+                record = {"audio_filepath": utt.audio_filepath, "duration": round(utt.duration, 4), "text": utt.text}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only by an error (a full disk)
     return count
