@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from utils import batch_workers
-from utils.batch_workers import LoaderWorkerError, worker_batches
+from utils.batch_workers import LoaderWorkerError, thread_batches, worker_batches
 from utils.data import collate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def sample(key: int):
     return np.full((1 + key % 7, DIM), key, dtype=np.float32), np.arange(key % 4, dtype=np.int32), key
 
 
-def make_batch(keys, buffer):
+def make_batch(keys, buffer=None):
     if -1 in keys:
         raise ValueError("key -1 is made up to fail")
     if -9 in keys:
@@ -120,6 +121,22 @@ def test_a_failing_sample_names_the_keys_and_the_error():
     next(batches)
     with pytest.raises(LoaderWorkerError, match=r"(?s)keys \[3, -1\].*ValueError: key -1 is made up to fail"):
         next(batches)
+
+
+def test_the_in_process_thread_yields_the_same_batches_and_raises_a_sample_error_at_its_batch():
+    """num_workers 0: a thread makes the batches ahead; an error in one is raised in the caller (Paddle's
+    in-process DataLoader hung there), and the thread is gone after it."""
+    assert_batches_equal(thread_batches(make_batch, iter(BATCH_KEYS)), BATCH_KEYS)
+    batches = thread_batches(make_batch, iter([[1, 2], [3, -1], [4]]))
+    next(batches)
+    with pytest.raises(ValueError, match="key -1 is made up to fail"):
+        next(batches)
+    with pytest.raises(StopIteration):
+        next(batches)
+    endless = thread_batches(make_batch, iter(BATCH_KEYS * 1000))
+    next(endless)
+    endless.close()  # stops the thread, which was waiting to hand over a batch
+    assert not any(thread.name == "loader thread" for thread in threading.enumerate())
 
 
 def test_a_killed_worker_is_reported_not_waited_for():

@@ -35,8 +35,10 @@ import math
 import mmap
 import multiprocessing
 import os
+import queue
 import select
 import signal
+import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable
@@ -46,6 +48,7 @@ import numpy as np
 import paddle
 
 from utils import placement
+from utils.audio import AudioError
 
 SLOTS_PER_WORKER = 2           # batches in flight per worker, as Paddle's prefetch_factor
 LENT_SLOTS = 2                 # slots held by the trainer's tensors: the batch being stepped on, the next one
@@ -97,6 +100,47 @@ def worker_batches(make_batch: Callable, batch_keys: Iterable[list[int]], num_wo
     finally:
         for worker in workers:
             worker.stop()
+
+
+def thread_batches(make_batch: Callable, batch_keys: Iterable[list[int]], prefetch: int = SLOTS_PER_WORKER):
+    """A generator of batches as lists of Paddle tensors, made ahead of the caller by one thread of this
+    process (num_workers 0; numpy and our C++ calls release the GIL). An error making a batch (a missing
+    or corrupt audio file) is raised here, at its batch: Paddle's in-process DataLoader left its reader
+    thread dead and the caller waiting for ever. close() stops the thread after its current batch."""
+    made: queue.Queue = queue.Queue(prefetch)
+    stop = threading.Event()
+
+    def hand_over(item: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                made.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for keys in batch_keys:
+                if not hand_over(("batch", make_batch(keys))):
+                    return
+            hand_over(("end", None))
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            hand_over(("error", err))
+
+    thread = threading.Thread(target=produce, name="loader thread", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = made.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield [paddle.to_tensor(array) for array in value]
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Worker:
@@ -256,6 +300,8 @@ def _worker_main(make_batch: Callable, tasks: Connection, results: Connection, s
         slot, keys = task
         try:
             message = ("batch", *_pack(make_batch(keys, slots[slot]), slots[slot], slot_addresses[slot]))
+        except AudioError as err:  # a file's fault, which its message names: no traceback
+            message = ("error", f"{type(err).__name__}: {err}")
         except Exception:  # reported with the keys by the trainer, which stops
             message = ("error", traceback.format_exc())
         try:

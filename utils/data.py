@@ -278,20 +278,24 @@ def run_batches(dataset: SpeechDataset, sampler: BatchSampler, num_workers: int,
     """A generator of the batches of every epoch from the sampler's set_epoch position on (see
     RunSampler); the training loop takes len(sampler) batches from it per epoch. `loader` (data.loader):
     "slots", our workers (utils/batch_workers.py), or "paddle", paddle.io.DataLoader's; with
-    num_workers 0 this process makes the batches either way. close() stops the workers (Paddle's
-    iterator stops them only at its end, never reached here, or when garbage-collected, which its
-    own reader thread prevents)."""
+    num_workers 0 a thread of this process makes the batches either way (batch_workers.thread_batches:
+    Paddle's own hung on a sample's error). close() stops the workers (Paddle's iterator stops them
+    only at its end, never reached here, or when garbage-collected, which its own reader thread
+    prevents)."""
     if loader not in LOADERS:
         raise ValueError(f"data.loader must be one of {', '.join(LOADERS)}, not '{loader}'")
     batch_keys = RunSampler(sampler, epochs)
-    if loader == "slots" and num_workers > 0:
-        size = batch_workers.slot_bytes(sampler.batch_size, _longest_frames(dataset), dataset.dim)
+    if num_workers <= 0:
+        return batch_workers.thread_batches(functools.partial(make_batch, dataset), batch_keys)
+    if loader == "slots":
+        size = batch_workers.slot_bytes(sampler.batch_size, longest_frames(dataset), dataset.dim)
         return batch_workers.worker_batches(functools.partial(make_batch, dataset), batch_keys, num_workers, size,
                                             niced, worker_cores)
     return _close_at_end(make_loader(dataset, batch_keys, num_workers, niced, worker_cores))
 
 
-def _longest_frames(dataset: SpeechDataset) -> int:
+def longest_frames(dataset: SpeechDataset) -> int:
+    """Frames of the dataset's longest utterance by its manifest duration."""
     durations = dataset.durations
     longest = float(durations.max()) if len(durations) else 0.0
     return num_frames(int(longest * dataset.sample_rate), dataset.feature_method, dataset.sample_rate)

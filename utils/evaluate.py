@@ -1,6 +1,7 @@
 """Run a model over a manifest: log-probabilities, CTC loss, decoded text and error rates."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -9,8 +10,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from utils import cpu_kernels
-from utils.data import SpeechDataset, collate, loader_options
+from utils import batch_workers, cpu_kernels
+from utils.data import SpeechDataset, longest_frames, make_batch
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
 from utils.model import log_softmax
@@ -40,10 +41,26 @@ def sorted_batches(utterances: list[Utterance], batch_size: int) -> list[list[in
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) -> paddle.io.DataLoader:
-    return paddle.io.DataLoader(dataset, batch_sampler=sorted_batches(dataset.utterances, batch_size),
-                                collate_fn=collate, return_list=True,
-                                **loader_options(num_workers))
+class EvalLoader:
+    """A test set's batches in duration order, made afresh on each iteration by a thread of this process
+    (num_workers 0) or by our worker processes (utils/batch_workers.py): a sample's error (a missing
+    or corrupt audio file) is raised to the caller, naming the file; Paddle's in-process DataLoader hung
+    on it."""
+
+    def __init__(self, dataset: SpeechDataset, batch_size: int, num_workers: int):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+
+    def __iter__(self):
+        keys = sorted_batches(self.dataset.utterances, self.batch_size)
+        make = functools.partial(make_batch, self.dataset)
+        if self.num_workers <= 0:
+            return batch_workers.thread_batches(make, keys)
+        size = batch_workers.slot_bytes(self.batch_size, longest_frames(self.dataset), self.dataset.dim)
+        return batch_workers.worker_batches(make, iter(keys), self.num_workers, size)
+
+
+def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) -> EvalLoader:
+    return EvalLoader(dataset, batch_size, num_workers)
 
 
 def ctc_loss_per_utterance(logits, out_lens, labels, label_lens, fused: bool = False) -> paddle.Tensor:
@@ -76,7 +93,7 @@ def runner_forward(runner):
     return forward
 
 
-def evaluate(forward, loader: paddle.io.DataLoader, metric: str, decode_fn, progress: bool = False) -> EvalResult:
+def evaluate(forward, loader: EvalLoader, metric: str, decode_fn, progress: bool = False) -> EvalResult:
     """forward(feats, feat_lens, labels, label_lens) -> (log_probs [B, T', V], out_lens [B], loss_sum);
     decode_fn(log_probs, out_lens) -> list[str]. Scores every utterance of loader.dataset."""
     from tqdm import tqdm
