@@ -102,3 +102,13 @@ def test_pcm16_wav_without_frames_is_zero_duration(tmp_path):
     soundfile.write(str(path), np.zeros((0, 1), np.float32), 16000, subtype="PCM_16")
     with pytest.raises(AudioError, match="zero duration"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_float_wav_with_non_finite_samples_is_an_audio_error_naming_it(tmp_path, bad_value):
+    path = tmp_path / "float.wav"
+    samples = noise(1600, 2)
+    samples[800, 1] = bad_value  # 0.05 s into the file, in the second channel
+    soundfile.write(str(path), samples, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"float.wav: 1 non-finite samples \(NaN or Inf\), the first at 0.050 s"):
+        load_audio(path)

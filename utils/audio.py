@@ -84,12 +84,22 @@ def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.nd
         pcm16 = None  # refused, as read_pcm16_wav would refuse it (tests pin that): soundfile reads it once
     else:
         pcm16 = read_pcm16_wav(path)
-    try:
-        samples, file_rate = pcm16 or soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as err:
-        if not Path(path).is_file():
-            raise AudioError(f"{path}: file not found") from None
-        raise AudioError(f"{path}: not readable audio ({err})") from None
+    if pcm16 is not None:
+        samples, file_rate = pcm16
+    else:
+        try:
+            samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            if not Path(path).is_file():
+                raise AudioError(f"{path}: file not found") from None
+            raise AudioError(f"{path}: not readable audio ({err})") from None
+        # float WAV/FLAC can hold NaN or Inf (16-bit PCM cannot, so that path skips the check); one
+        # such sample spreads through the features and the recurrent layers to most output frames
+        bad = ~np.isfinite(samples)
+        if bad.any():
+            first = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise AudioError(f"{path}: {int(bad.sum())} non-finite samples (NaN or Inf), the first at "
+                             f"{first / file_rate:.3f} s; repair the file (e.g. replace them with 0) or leave it out")
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: zero duration")
     samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]  # [N]
