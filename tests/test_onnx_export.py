@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from utils.config import ModelConfig
-from utils.model import build_model, log_softmax
+from utils.model import build_model, conv_output_lengths, log_softmax
 from utils.onnx_export import build_onnx
 
 FEAT_DIM, VOCAB = 16, 7
@@ -58,3 +58,22 @@ def test_onnx_graph_matches_the_paddle_model(model_keys):
     assert log_probs.shape == expected.shape
     for row, length in enumerate(lens):
         np.testing.assert_allclose(log_probs[row, :length], expected[row, :length], rtol=0, atol=LOG_PROB_ATOL)
+
+
+
+@pytest.mark.parametrize("kernels,strides,first_lens", [
+    ([[3, 3], [5, 3]], [[2, 2], [1, 1]], [0, 1, 1, 2, 2, 3, 3]),
+    ([[3, 11], [3, 3]], [[2, 2], [1, 3]], [0, 1, 1, 1, 1, 1, 1]),
+], ids=["k3s2_k3s1", "k11s2_k3s3"])
+def test_onnx_out_lens_follow_the_models_formula_from_zero_frames(kernels, strides, first_lens):
+    model = random_model(3, conv_kernels=kernels, conv_strides=strides)
+    feat_lens = np.arange(41, dtype=np.int64)  # one row of each length 0..40, the first with no frames at all
+    feats = np.random.default_rng(1).normal(0, 1, (41, 40, FEAT_DIM)).astype(np.float32)  # [B, T, D]
+    with paddle.no_grad():
+        _, paddle_lens = model(paddle.to_tensor(feats), paddle.to_tensor(feat_lens))
+    session = onnxruntime.InferenceSession(build_onnx(model).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    _, lens = session.run(None, {"feats": feats, "feat_lens": feat_lens})
+    expected = [conv_output_lengths(n, kernels, strides) for n in range(41)]  # Python ints: floor division
+    assert expected[:7] == first_lens
+    assert lens.tolist() == expected == paddle_lens.numpy().tolist()

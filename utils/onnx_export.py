@@ -98,9 +98,11 @@ def build_onnx(model: DeepSpeech2) -> onnx.ModelProto:
         x = g.op("Conv", [x, g.const(weight, "conv_w"), g.const(bias, "conv_b")], kernel_shape=list(kernel),
                  strides=list(stride), pads=pads)
         x = g.op("Clip", [x, g.const(np.float32(0.0)), g.const(np.float32(HARDTANH_MAX))])  # [B, C, D', T']
-        # lens = (lens + 2 * (k // 2) - k) // stride + 1, as utils.model.conv_output_length
-        lens = g.op("Add", [g.op("Div", [g.op("Add", [lens, g.const(np.int64(2 * (kernel[1] // 2) - kernel[1]))]),
-                                         g.const(np.int64(stride[1]))]), g.const(np.int64(1))])
+        # lens = (lens + 2 * (k // 2) - k) // stride + 1, as utils.model.conv_output_length, whose // floors;
+        # ONNX Div truncates toward zero, which differs for the numerator -1 (lens 0, odd k): 1 instead of 0.
+        # So (lens + 2 * (k // 2) - k + stride) / stride, whose numerator is >= stride - 1 >= 0, equals it.
+        numerator = g.op("Add", [lens, g.const(np.int64(2 * (kernel[1] // 2) - kernel[1] + stride[1]))])
+        lens = g.op("Div", [numerator, g.const(np.int64(stride[1]))])
         x = g.op("Mul", [x, _time_mask(g, lens, x, 3, 4)])
     x = g.op("Transpose", [x], perm=[3, 0, 1, 2])  # [T', B, C, D']
     x = g.op("Reshape", [x, g.const(np.array([0, 0, -1], np.int64))])  # [T', B, C*D']
