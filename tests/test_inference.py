@@ -186,6 +186,19 @@ def test_an_export_without_onnx_names_the_fix(trained, tmp_path):
         load_runner(old_export, "tvm")
 
 
+def test_a_truncated_model_onnx_is_a_load_error_naming_the_file_and_the_fix(trained, tmp_path):
+    from utils.inference import ModelLoadError, load_runner
+
+    cut_export = tmp_path / "infer"
+    shutil.copytree(trained["infer"], cut_export)
+    onnx_file = cut_export / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:onnx_file.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(ModelLoadError, match=re.escape(f"{onnx_file} cannot be loaded (damaged or cut short: "
+                                                       "InvalidProtobuf); export again with python "
+                                                       "tools/export_model.py")):
+        load_runner(cut_export)
+
+
 def test_infer_prints_the_same_text_for_checkpoint_and_export(infer_runs):
     for kind, proc in infer_runs.items():
         no_traceback(proc)

@@ -144,8 +144,15 @@ class OnnxRunner:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = _threads(num_threads)
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options,
-                                                    providers=["CPUExecutionProvider"])
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options,
+                                                        providers=["CPUExecutionProvider"])
+        except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.NotImplemented) as err:
+            raise ModelLoadError(f"{folder / ONNX_FILE} cannot be loaded (damaged or cut short: "
+                                 f"{type(err).__name__}); export again with python tools/export_model.py, "
+                                 f"or use Paddle Inference with --runtime=paddle") from None
 
     def __call__(self, feats: np.ndarray, feat_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         log_probs, out_lens = self.session.run(None, {"feats": feats.astype(np.float32),
