@@ -407,13 +407,18 @@ def test_long_file_is_split_at_silences_automatically(trained, audio_files, monk
 def test_list_inputs_folder_list_file_and_single_path(tmp_path):
     from utils.transcribe import list_inputs
 
-    for name in ("b.wav", "a.flac", "sub/c.WAV", "readme.txt"):
+    for name in ("b.wav", "a.flac", "sub/c.WAV", "readme.txt", "d.wav/e.flac"):
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / name).write_bytes(b"x")
-    assert list_inputs(str(tmp_path / "in")) == [str(tmp_path / "in" / n) for n in ("a.flac", "b.wav", "sub/c.WAV")]
+    assert list_inputs(str(tmp_path / "in")) == [str(tmp_path / "in" / n)
+                                                  for n in ("a.flac", "b.wav", "d.wav/e.flac", "sub/c.WAV")]
     listing = tmp_path / "list.txt"
-    listing.write_text("x/one.wav\ttext one\n\n  x/two.wav  \n", encoding="utf-8")
+    listing.write_text("# my files\nx/one.wav\ttext one\n\n  x/two.wav  \n  # x/three.wav\n", encoding="utf-8")
     assert list_inputs(str(listing)) == ["x/one.wav", "x/two.wav"]
+    listing.write_text("# nothing yet\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{listing} lists no audio files (it is empty or holds only "
+                                                   "blank and # lines); write one audio path a line")):
+        list_inputs(str(listing))
     assert list_inputs("some/file.wav") == ["some/file.wav"]
     (tmp_path / "none").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no audio files"):

@@ -28,16 +28,22 @@ class Transcript:
 
 
 def list_inputs(wav_path: str) -> list[str]:
-    """One audio file, every audio file in a folder (sorted), or the paths of a list file."""
+    """One audio file, every audio file in a folder (sorted; a folder named x.wav is not one), or the
+    paths of a list file (one a line, optionally followed by a tab and anything; blank lines and
+    lines that start with # are skipped)."""
     path = Path(wav_path)
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
         if not files:
             raise FileNotFoundError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
         return files
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [line.split("\t")[0].strip() for line in lines if line.strip()]
+        paths = [line.split("\t")[0].strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not paths:
+            raise ValueError(f"{path} lists no audio files (it is empty or holds only blank and # lines); "
+                             f"write one audio path a line")
+        return paths
     return [str(path)]
 
 
