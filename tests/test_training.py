@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import utils.training as training
 from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
 from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
+from utils.audio import AudioError
 from utils.augment import load_augmentation
 from utils.data import (BatchSampler, RunSampler, SpeechDataset, epoch_batches, make_loader, run_batches,
                         sample_rng)
@@ -287,16 +289,33 @@ def assert_same_run(cfg, reference: tuple[dict, dict]) -> None:
         assert state[key] == reference[1][key], key
 
 
+class SignalDuring(Interrupt):
+    """Wraps training._train_step: sends this process `signum` as call number `call` starts, then runs it."""
+
+    def __init__(self, call: int, signum: int):
+        super().__init__(call, KeyboardInterrupt())
+        self.signum = signum
+
+    def __call__(self, *args):
+        if self.calls + 1 == self.call:
+            os.kill(os.getpid(), self.signum)  # the handler runs at once, inside the step
+        self.calls += 1
+        return self.original(*args)
+
+
 @pytest.mark.parametrize("case", ["max_steps_mid_epoch", "max_steps_at_epoch_end", "crash_after_save_step",
-                                  "ctrl_c", "accum_grad_2_mid_epoch"])
+                                  "ctrl_c", "accum_grad_2_mid_epoch", "sigint_in_a_step",
+                                  "sigterm_in_a_window_accum_grad_2"])
 def test_interrupted_and_resumed_equals_uninterrupted(case, spoken_corpus, tmp_path, tmp_path_factory,
                                                       monkeypatch):
-    accum = 2 if case.startswith("accum") else 1
+    accum = 2 if "accum_grad_2" in case else 1
     reference = reference_run(spoken_corpus, tmp_path_factory.getbasetemp() / "resume_reference", accum)
     assert reference[1]["step"] == 12 // accum and reference[1]["epoch"] == 3
     first = resume_config(spoken_corpus, tmp_path, train__accum_grad=accum)
-    stopped_at = {"max_steps_mid_epoch": (1, 2, 6), "max_steps_at_epoch_end": (0, 4, 4),
-                  "crash_after_save_step": (1, 2, 6), "ctrl_c": (1, 3, 7), "accum_grad_2_mid_epoch": (1, 2, 3)}
+    stopped_at = {"max_steps_mid_epoch": (1, 2, 6), "max_steps_at_epoch_end": (1, 0, 4),  # epoch 1 evaluated
+                  "crash_after_save_step": (1, 2, 6), "ctrl_c": (1, 3, 7), "accum_grad_2_mid_epoch": (1, 2, 3),
+                  "sigint_in_a_step": (1, 3, 7),  # batch 7 ends, then the run stops and saves
+                  "sigterm_in_a_window_accum_grad_2": (1, 2, 3)}  # in the window's first batch: it ends first
     if case.startswith(("max_steps", "accum")):
         first.train.max_steps = stopped_at[case][2]
         training.train(first)
@@ -304,6 +323,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(case, spoken_corpus, tmp_p
         first.train.save_step = 2
         monkeypatch.setattr(training, "_train_step", Interrupt(8, RuntimeError("power cut")))
         with pytest.raises(RuntimeError, match="power cut"):
+            training.train(first)
+    elif case in ("sigint_in_a_step", "sigterm_in_a_window_accum_grad_2"):
+        call, signum = (7, signal.SIGINT) if accum == 1 else (5, signal.SIGTERM)
+        monkeypatch.setattr(training, "_train_step", SignalDuring(call, signum))
+        with pytest.raises(KeyboardInterrupt):
             training.train(first)
     else:  # Ctrl-C in batch 8: last_model is saved on the way out, after 7 batches
         monkeypatch.setattr(training, "_train_step", Interrupt(8, KeyboardInterrupt()))
@@ -531,3 +555,69 @@ def test_the_manifest_table_reads_as_the_utterance_list_in_less_than_the_file(tm
     assert table.nbytes() < path.stat().st_size * len(expected) / len(lines)
     with pytest.raises(IndexError):
         table[len(table)]
+
+
+def test_a_damaged_or_partial_last_model_stops_naming_the_file_and_the_fix(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=2)
+    training.train(cfg)
+    last = model_folder(cfg)
+    (last / "state.json").write_text('{"epoch": 0, "batch_in', encoding="utf-8")  # torn
+    with pytest.raises(CheckpointError, match=rf"{last / 'state.json'} cannot be read \(JSONDecodeError.*"
+                                              rf"--resume_model=.*epoch_N, or move {last} away"):
+        training.train(resume_config(spoken_corpus, tmp_path))
+    (last / "state.json").unlink()  # not complete any more: no silent fresh start over it
+    with pytest.raises(training.TrainingError, match=r"lacks state.json, so training cannot continue from it"):
+        training.train(resume_config(spoken_corpus, tmp_path))
+
+
+def test_a_truncated_weights_file_is_a_checkpoint_error(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=2)
+    training.train(cfg)
+    weights = model_folder(cfg) / "model.pdparams"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"{weights} cannot be read"):
+        training.train(resume_config(spoken_corpus, tmp_path))
+
+
+def test_resuming_with_another_model_size_names_the_keys(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=2)
+    training.train(cfg)
+    bigger = resume_config(spoken_corpus, tmp_path, model__rnn_size=cfg.model.rnn_size * 2)
+    with pytest.raises(training.TrainingError, match=rf"was trained with model.rnn_size={cfg.model.rnn_size} "
+                                                     rf"\(now {cfg.model.rnn_size * 2}\).*--pretrained_model"):
+        training.train(bigger)
+
+
+def test_the_amp_scaler_state_goes_into_the_checkpoint(spoken_corpus, tmp_path, monkeypatch):
+    """On a GPU, a resumed AMP run goes on with its loss scale (a CPU build has no GradScaler step,
+    so a stand-in scaler is saved here)."""
+    class Scaler:
+        def state_dict(self):
+            return {"scale": np.float32(512.0), "incr_count": 3}
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=1)
+    run = training._setup(cfg, 0, 1, model_folder(cfg).parent)
+    run.scaler = Scaler()
+    training._save(run, "last_model")
+    assert load_state(model_folder(cfg)).scaler == {"scale": 512.0, "incr_count": 3}
+
+
+def test_deterministic_runs_on_a_cpu_build(spoken_corpus, tmp_path):
+    training.train(resume_config(spoken_corpus, tmp_path, train__max_steps=1, train__deterministic=True))
+    assert load_state(model_folder(resume_config(spoken_corpus, tmp_path))).step == 1
+
+
+def test_a_file_failing_in_the_loader_saves_last_model_and_names_the_file(spoken_corpus, tmp_path, monkeypatch):
+    """A file gone after create_data: the run stops with its name, and the steps since the last save
+    are saved first (the error comes between batches)."""
+    cfg = resume_config(spoken_corpus, tmp_path)
+    real_draw = SpeechDataset.draw
+
+    def draw(self, key):
+        if key >= len(self.utterances):  # the second epoch's first batch (evaluation keys are the first epoch's)
+            raise AudioError(f"{self.utterances[key % len(self.utterances)].audio_filepath}: file not found")
+        return real_draw(self, key)
+    monkeypatch.setattr(SpeechDataset, "draw", draw)
+    with pytest.raises(training.TrainingError, match=r"the loader failed: .*: file not found; saved .*last_model "
+                                                     r"at epoch 2, batch 0, so train.py continues from there"):
+        training.train(cfg)
+    assert load_state(model_folder(cfg)).step == 4

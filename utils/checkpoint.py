@@ -108,7 +108,7 @@ def load_optimizer_state(model: paddle.nn.Layer, optimizer, path: str | Path) ->
     """Load a portable_optimizer_state file (or an older one keyed by generated names)."""
     to_name = {structured: param.name for structured, param in model.named_parameters()}
     state = {}
-    for key, value in paddle.load(str(path)).items():
+    for key, value in load_tensors(Path(path)).items():
         structured, separator, suffix = key.partition(OPTIMIZER_KEY_SEPARATOR)
         if separator and structured not in to_name:
             raise CheckpointError(f"{path} holds optimizer state for '{structured}', which this model does not "
@@ -193,6 +193,7 @@ def finish_epoch_end(model_root: str | Path) -> list[str]:
     model_root, notes = Path(model_root), []
     folders = [p for p in model_root.glob("epoch_*") if p.name[6:].isdigit() and is_complete(p)]
     folders += [p for p in (model_root / "last_model",) if is_complete(p)]
+    folders = [folder for folder in folders if _readable_state(folder)]  # a damaged one is reported if resumed
     if not folders:
         return notes
     newest = max(folders, key=_progress)
@@ -209,15 +210,46 @@ def finish_epoch_end(model_root: str | Path) -> list[str]:
     return notes
 
 
+def _readable_state(folder: Path) -> bool:
+    try:
+        load_state(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
+def missing_files(folder: str | Path) -> list[str]:
+    """The files of a model folder that are not there."""
+    return [name for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE, VOCAB_FILE, NORMALIZER_FILE)
+            if not (Path(folder) / name).is_file()]
+
+
 def is_complete(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE, VOCAB_FILE,
-                                                      NORMALIZER_FILE))
+    return not missing_files(folder)
 
 
 def load_state(folder: str | Path) -> TrainState:
-    data = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
-    return TrainState(**data)
+    path = Path(folder) / STATE_FILE
+    try:
+        return TrainState(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:  # torn, edited, or from another program
+        raise damaged(path, err) from None
+
+
+def damaged(path: Path, err: Exception) -> CheckpointError:
+    """The error for a checkpoint file that does not read: which file, why, and what to do."""
+    folder = path.parent
+    return CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); {folder.name} is damaged. Resume "
+                           f"from another folder with --resume_model={folder.parent}/epoch_N, or move {folder} "
+                           f"away to start without it")
+
+
+def load_tensors(path: Path) -> dict:
+    """paddle.load of a checkpoint's model or optimizer file; CheckpointError when it does not read."""
+    try:
+        return paddle.load(str(path))
+    except Exception as err:  # noqa: BLE001 - paddle.load raises ValueError, EOFError, pickle errors...
+        raise damaged(path, err) from None
 
 
 def load_config(folder: str | Path) -> Config:

@@ -18,9 +18,11 @@ import paddle
 
 from utils import allocator, cpu_kernels, feature_kernels, local_processes, placement
 from utils.augment import load_augmentation
+from utils.audio import AudioError
+from utils.batch_workers import LoaderWorkerError
 from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
-                              finish_epoch_end, is_complete, load_optimizer_state, load_state, recover,
-                              remove_checkpoint, save_checkpoint)
+                              finish_epoch_end, is_complete, load_config, load_optimizer_state, load_state,
+                              load_tensors, missing_files, recover, remove_checkpoint, save_checkpoint)
 from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
@@ -88,7 +90,7 @@ def _scaler_state(scaler) -> dict:
 
 
 def restore(folder: Path, model, optimizer, scaler) -> TrainState:
-    model.set_state_dict(paddle.load(str(folder / MODEL_FILE)))
+    model.set_state_dict(load_tensors(folder / MODEL_FILE))
     if (folder / OPTIMIZER_FILE).is_file():
         load_optimizer_state(model, optimizer, folder / OPTIMIZER_FILE)
     state = load_state(folder)
@@ -104,7 +106,34 @@ def pick_resume_folder(cfg: Config, model_root: Path) -> Path | None:
             raise TrainingError(f"--resume_model {folder} is not a complete model folder")
         return folder
     last = model_root / "last_model"
+    if last.is_dir() and not is_complete(last):  # not left by our saves, which swap in whole folders
+        raise TrainingError(f"{last} lacks {', '.join(missing_files(last))}, so training cannot continue from it; "
+                            f"pass --resume_model={model_root}/epoch_N to continue from an epoch, or move {last} "
+                            f"away to start fresh")
     return last if is_complete(last) else None
+
+
+RESUME_MUST_MATCH = ("model", "features")  # config sections a resumed run cannot change
+
+
+def check_resumable(folder: Path, cfg: Config) -> list[str]:
+    """TrainingError where the model or the features differ from the folder's config (its weights would
+    not fit, or would see other inputs); notes on what else changed that a resumed run should know."""
+    saved = load_config(folder)
+    changed = [f"{section}.{key}={value!r} (now {getattr(getattr(cfg, section), key)!r})"
+               for section in RESUME_MUST_MATCH for key, value in vars(getattr(saved, section)).items()
+               if getattr(getattr(cfg, section), key) != value
+               and not (key == "n_mels" and saved.features.feature_method != "fbank")]
+    if changed:
+        raise TrainingError(f"{folder} was trained with {', '.join(changed)}; set them back to continue it, pass "
+                            f"--pretrained_model={folder} to fine-tune what still fits, or another --use_model "
+                            f"to start fresh")
+    notes = []
+    if saved.train.batch_size != cfg.train.batch_size and load_state(folder).batch_in_epoch > 0:
+        notes.append(f"note: {folder} stopped mid-epoch with batch_size {saved.train.batch_size}, now "
+                     f"{cfg.train.batch_size}: the rest of that epoch is cut into other batches, so some of its "
+                     f"utterances are seen twice and others not at all")
+    return notes
 
 
 def check_vocabulary(folder: Path, vocabulary: Vocabulary) -> None:
@@ -151,8 +180,8 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     t = cfg.train
     paddle.seed(t.seed + rank)
     np.random.seed(t.seed + rank)
-    if t.deterministic:
-        paddle.set_flags({"FLAGS_cudnn_deterministic": True})
+    if t.deterministic and paddle.is_compiled_with_cuda():  # a CPU build has no such flag; its kernels are
+        paddle.set_flags({"FLAGS_cudnn_deterministic": True})  # deterministic, the loader in this process
     if t.use_amp and not paddle.is_compiled_with_cuda():
         raise TrainingError("train.use_amp needs a GPU build of Paddle; pass --use_amp=false on CPU")
     malloc_note = allocator.keep_freed_memory(t.keep_freed_memory)  # before the model's tensors
@@ -196,6 +225,8 @@ def _start_from(run: _Run) -> None:
     folder = pick_resume_folder(run.cfg, run.model_root)
     if folder is not None:
         check_vocabulary(folder, run.vocabulary)
+        for note in check_resumable(folder, run.cfg):
+            run.log.info(note)
         run.state = restore(folder, run.model, run.optimizer, run.scaler)
         run.log.info(f"resumed from {folder}: epoch {run.state.epoch}, batch {run.state.batch_in_epoch}, "
                      f"step {run.state.step}, best {run.state.metrics_type} {run.state.best_metric}")
@@ -212,6 +243,7 @@ def _start_from(run: _Run) -> None:
 
 
 def _save(run: _Run, name: str) -> Path:
+    run.state.scaler = _scaler_state(run.scaler)  # AMP's loss scale goes on where it was
     return save_checkpoint(run.model_root / name, run.model, run.optimizer, run.state, run.cfg, run.vocabulary,
                            run.cfg.data.mean_std_path)
 
@@ -325,11 +357,13 @@ def _run_epoch(run: _Run) -> bool:
     losses, timing = [], dict.fromkeys(("reader", "batch", "utts", "audio", "padding", "batches"), 0.0)
     frame_seconds = 0.01
     tick = time.perf_counter()
-    # the rest of this epoch's batches (range first: zip then takes none beyond them)
-    for micro_step, batch in zip(range(num_batches - run.state.batch_in_epoch), run.batches):
+    remaining = num_batches - run.state.batch_in_epoch
+    for micro_step in range(remaining):  # the rest of this epoch's batches
+        batch = _next_batch(run, at_boundary=micro_step % t.accum_grad == 0)
         timing["reader"] += time.perf_counter() - tick
         loss = _train_step(run, batch, micro_step)
-        if (micro_step + 1) % t.accum_grad == 0:
+        window_done = (micro_step + 1) % t.accum_grad == 0
+        if window_done:
             run.state.batch_in_epoch += t.accum_grad
         feat_lens = np.asarray(batch[1])
         timing["batch"] += time.perf_counter() - tick
@@ -343,13 +377,68 @@ def _run_epoch(run: _Run) -> bool:
         if losses and run.state.batch_in_epoch % t.log_interval == 0:
             _log_progress(run, run.state.batch_in_epoch, num_batches, losses, timing)
             losses, timing = [], dict.fromkeys(timing, 0.0)
-        if run.rank == 0 and t.save_step > 0 and run.state.batch_in_epoch % t.save_step == 0:
+        if window_done and run.rank == 0 and t.save_step > 0 and run.state.batch_in_epoch % t.save_step == 0:
             _save(run, "last_model")
+        if window_done and _stop_requested(run):
+            raise _Interrupted
         if t.max_steps and run.state.step >= t.max_steps:
-            return False
+            return micro_step + 1 == remaining  # an epoch ended by its last batch is evaluated
         tick = time.perf_counter()
     run.optimizer.clear_grad()  # drop an unfinished accum_grad window, as a resumed run would not have it
     return True
+
+
+def _next_batch(run: _Run, at_boundary: bool):
+    """The loader's next batch. Where it fails (a file that does not read, a worker killed), last_model
+    is saved first when this is a batch boundary, so no step since the last save is lost."""
+    try:
+        return next(run.batches)
+    except Exception as err:
+        saved = ""
+        if at_boundary and run.rank == 0:
+            saved = (f"; saved {_save(run, 'last_model')} at epoch {run.state.epoch + 1}, batch "
+                     f"{run.state.batch_in_epoch}, so train.py continues from there")
+        if isinstance(err, (AudioError, LoaderWorkerError)):
+            raise TrainingError(f"the loader failed: {err}{saved}. Fix or remove the file (create_data.py "
+                                f"decodes every file and leaves out those that fail)") from None
+        raise
+
+
+class _Interrupted(Exception):
+    """A SIGINT or SIGTERM acted on at a batch boundary."""
+
+
+class _Interrupts:
+    """SIGINT (Ctrl-C) and SIGTERM during training: noted by the handler and acted on at the next batch
+    boundary, where the checkpoint resumes exactly (a stop inside a forward pass, an optimizer step or
+    an accumulation window would save a state no uninterrupted run has: BatchNorm statistics moved, a
+    batch trained twice). Raised at once while evaluating, where nothing changes, and on a second
+    signal, which stops without saving."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.at_once = False  # evaluation: KeyboardInterrupt in the handler
+        self.forced = False   # a second signal: what the loop held is not saved
+
+    def handle(self, signum, frame) -> None:
+        if self.at_once:
+            raise KeyboardInterrupt(f"signal {signum}")
+        if self.signal is not None:
+            self.forced = True
+            raise KeyboardInterrupt(f"signal {signum}, a second time")
+        self.signal = signum
+        os.write(2, f"signal {signum}: stopping after this batch (again to stop at once, without saving)\n".encode())
+        # (os.write: a print here could land inside a print of the loop's, which raises on re-entry)
+
+
+def _stop_requested(run: _Run) -> bool:
+    """Whether a signal asked this run to stop; every rank decides alike (one all-reduce a step)."""
+    requested = run.interrupts.signal is not None
+    if run.world_size == 1:
+        return requested
+    flag = paddle.to_tensor([1.0 if requested else 0.0], dtype="float32")
+    paddle.distributed.all_reduce(flag)
+    return float(flag) > 0.0
 
 
 def _end_epoch(run: _Run) -> None:
@@ -357,7 +446,11 @@ def _end_epoch(run: _Run) -> None:
     t, state = run.cfg.train, run.state
     if run.decode_fn is None:
         run.decode_fn = make_decode_fn(t.eval_decoder, run.cfg.decode, run.vocabulary.tokens)
-    result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
+    run.interrupts.at_once = True  # the state changes only after the evaluation
+    try:
+        result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
+    finally:
+        run.interrupts.at_once = False
     run.model.train()
     improved = state.best_metric is None or result.error_rate < state.best_metric
     if improved:
@@ -377,10 +470,6 @@ def _end_epoch(run: _Run) -> None:
     if improved:
         copy_checkpoint(epoch_folder, run.model_root / "best_model")
     _prune_epochs(run)
-
-
-def _raise_on_sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def train(cfg: Config) -> str:
@@ -408,7 +497,8 @@ def train(cfg: Config) -> str:
 
 def _loop(run: _Run) -> str:
     t, start = run.cfg.train, time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    run.interrupts = _Interrupts()
+    previous = {signum: signal.signal(signum, run.interrupts.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     run.model.train()
     placement.apply(run.placement)
     try:
@@ -420,18 +510,23 @@ def _loop(run: _Run) -> str:
                 run.state.epoch, run.state.batch_in_epoch = run.state.epoch + 1, 0
             if run.world_size > 1:
                 paddle.distributed.barrier()
+            if finished and _stop_requested(run):  # a signal during the epoch's end, now saved
+                raise _Interrupted
             if not finished:
                 if run.rank == 0:
                     _save(run, "last_model")
                 break
-    except KeyboardInterrupt:
-        if run.rank == 0:
+    except (KeyboardInterrupt, _Interrupted):
+        if run.rank == 0 and not run.interrupts.forced:
             folder = _save(run, "last_model")
             run.log.info(f"interrupted: saved {folder} at epoch {run.state.epoch + 1}, batch "
                          f"{run.state.batch_in_epoch}; run train.py again to continue")
-        raise
+        elif run.rank == 0:
+            run.log.info("stopped by a second signal without saving: train.py continues from the last save")
+        raise KeyboardInterrupt from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if run.batches is not None:
             run.batches.close()
         placement.release(run.placement)
