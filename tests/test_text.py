@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.text import BLANK_ID, UNK_ID, TextError, Vocabulary, normalize_text, text_to_tokens
+from utils.text import (BLANK_ID, UNK_ID, TextError, Vocabulary, normalize_text, reference_text,
+                        text_to_tokens)
 
 NORMALIZED = [
     ("ＨＥＬＬＯ，Ｗｏｒｌｄ！", "hello world"),      # full-width letters and punctuation
@@ -86,3 +87,13 @@ def test_vocabulary_file_round_trip(tmp_path):
     assert Vocabulary.load(tmp_path / "vocabulary.txt").tokens == vocab.tokens
     with pytest.raises(FileNotFoundError, match="run python create_data.py"):
         Vocabulary.load(tmp_path / "missing.txt")
+
+
+def test_reference_text_is_normalized_where_it_can_be_and_kept_where_not():
+    """eval scores hand-written manifests as create_data's: 'Hello, World!' is 'hello world'; a digit stays
+    (no output can match it, so it counts as an error) and so does an empty reference."""
+    assert reference_text("Hello, World!") == "hello world"
+    assert reference_text("cafe\u0301") == reference_text("café") == "cafe"  # NFD and NFC alike
+    assert reference_text("I have  3 apples") == "i have 3 apples"
+    assert reference_text("  ") == ""
+    assert reference_text("hello world") == "hello world"

@@ -21,12 +21,16 @@ def tune(cfg, folder: Path) -> str:
     from utils.evaluate import make_eval_loader, runner_forward
     from utils.inference import load_runner
     from utils.manifest import read_manifest
+    from utils.text import reference_text
     from utils.tuning import grid_search_alpha_beta, save_heatmap
 
     runner = load_runner(folder, cfg.infer.runtime)
     f = runner.cfg.features
     utterances = read_manifest(cfg.data.test_manifest, cfg.data.data_dir)
     utterances = utterances[:cfg.tune.num_utterances] if cfg.tune.num_utterances > 0 else utterances
+    if not utterances:
+        raise ValueError(f"{cfg.data.test_manifest} holds no utterances; pass --test_manifest=a dev manifest "
+                         f"written by create_data.py")
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     forward, probs = runner_forward(runner), {}
     for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size, 0):
@@ -34,7 +38,7 @@ def tune(cfg, folder: Path) -> str:
         for row, index in enumerate(np.asarray(indices)):
             probs[int(index)] = np.exp(log_probs[row, :out_lens[row]])
     alpha, beta, error, grid = grid_search_alpha_beta(
-        [probs[i] for i in range(len(utterances))], [u.text for u in utterances], runner.vocabulary.tokens,
+        [probs[i] for i in range(len(utterances))], [reference_text(u.text) for u in utterances], runner.vocabulary.tokens,
         cfg.decode.lang_model_path, cfg.tune.alphas, cfg.tune.betas, cfg.decode.beam_size,
         cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n, cfg.decode.num_proc_bsearch, cfg.train.metrics_type)
     heatmap = Path(cfg.tune.heatmap_path or folder.parent / f"tune_{folder.name}.png")

@@ -68,6 +68,16 @@ def normalize_text(text: str, to_simplified: bool = False) -> str:
     return out
 
 
+def reference_text(text: str) -> str:
+    """A reference transcript written as the model writes its output, to score against: normalized as
+    create_data normalizes (case, punctuation, width, accents; a no-op on its manifests), or only
+    lowercased where no output could match it anyway (digits, other scripts): those count as errors."""
+    try:
+        return normalize_text(text)
+    except TextError:
+        return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
 _OPENCC = None
 
 
