@@ -404,6 +404,60 @@ def test_long_file_is_split_at_silences_automatically(trained, audio_files, monk
     assert begins == sorted(begins)
 
 
+def log_prob_rows(rows: list[dict], tokens: list[str]) -> np.ndarray:
+    """[T, V] log-probabilities from {token: probability} per frame; the rest share what is left."""
+    matrix = np.full((len(rows), len(tokens)), 1e-3)
+    for t, row in enumerate(rows):
+        for token, prob in row.items():
+            matrix[t, tokens.index(token)] = prob
+    return np.log(matrix / matrix.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_ctc_align_puts_a_blank_between_repeated_tokens():
+    from utils.transcribe import ctc_align
+
+    tokens = ["<blank>", "<unk>", "a"]
+    log_probs = log_prob_rows([{"a": 0.9}, {"a": 0.6, "<blank>": 0.4}, {"a": 0.7, "<blank>": 0.3},
+                               {"<blank>": 0.9}], tokens)  # argmax path a a a _: one "a" only
+    first, last = ctc_align(log_probs, np.array([2, 2]))  # "aa": best is a _ a _ (.9 * .4 * .7 * .9)
+    assert first.tolist() == [0, 2] and last.tolist() == [0, 2]
+    first, last = ctc_align(log_probs, np.array([2]))
+    assert first.tolist() == [0] and last.tolist() == [2]
+    with pytest.raises(ValueError, match="2 tokens need more than the 2 output frames"):
+        ctc_align(log_probs[:2], np.array([2, 2]))
+
+
+def test_timestamps_are_those_of_the_decoded_words_not_of_the_greedy_path(tmp_path):
+    """A beam search (here a fixed decode_fn) that picks "a c" where the argmax path says "a b":
+    the times list "a" and "c", at the frames the forced alignment of "a c" gives them."""
+    from utils.audio import save_wav
+    from utils.config import Config
+    from utils.decoders import greedy_decode
+    from utils.text import Vocabulary
+    from utils.transcribe import transcribe
+
+    tokens = ["<blank>", "<unk>", "<space>", "a", "b", "c"]
+    log_probs = log_prob_rows([{"a": 0.8, "<blank>": 0.1}, {"a": 0.6, "<blank>": 0.3},
+                               {"<blank>": 0.7, "<space>": 0.2}, {"<space>": 0.7, "<blank>": 0.2},
+                               {"b": 0.5, "c": 0.4, "<blank>": 0.1}, {"b": 0.5, "c": 0.3, "<blank>": 0.2},
+                               {"<blank>": 0.6, "c": 0.3}, {"<blank>": 0.9}], tokens)  # [8, 6]
+
+    class FixedRunner:
+        cfg = Config()  # time strides 2 and 1: 20 ms output frames
+        vocabulary = Vocabulary(tokens)
+
+        def __call__(self, feats, feat_lens):
+            return log_probs[None], np.array([len(log_probs)])
+
+    assert greedy_decode(log_probs[None], np.array([8]), tokens) == ["a b"]
+    path = tmp_path / "one_second.wav"
+    save_wav(path, np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32))
+    result = transcribe(str(path), FixedRunner(), lambda lp, lens: ["a c"], False, True)
+    assert result.text == "a c" and not result.error
+    assert [word for word, _, _ in result.times] == result.text.split()
+    assert result.times == [("a", 0.0, pytest.approx(0.04)), ("c", pytest.approx(0.08), pytest.approx(0.12))]
+
+
 def test_list_inputs_folder_list_file_and_single_path(tmp_path):
     from utils.transcribe import list_inputs
 

@@ -58,7 +58,7 @@ def _pieces(samples: np.ndarray, sample_rate: int, split: bool) -> list[tuple[in
 
 def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bool) -> Transcript:
     """Text of one file; errors become Transcript.error (the caller reports them)."""
-    from utils.decoders import greedy_decode_with_times, group_token_times
+    from utils.decoders import group_token_times
 
     start, f = time.perf_counter(), runner.cfg.features
     result = Transcript(path)
@@ -80,7 +80,7 @@ def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bo
         texts.append(decode_fn(log_probs, out_lens)[0])
         if timestamps:
             offset = begin / f.sample_rate
-            tokens = greedy_decode_with_times(log_probs[0, :out_lens[0]], runner.vocabulary.tokens, frame_shift)
+            tokens = text_times(log_probs[0, :out_lens[0]], texts[-1], runner.vocabulary, frame_shift)
             result.times += [(t, min(s + offset, result.duration), min(e + offset, result.duration))
                              for t, s, e in group_token_times(tokens)]
     joiner = "" if texts and all(not (" " in t) for t in texts) and _mostly_cjk("".join(texts)) else " "
@@ -89,6 +89,56 @@ def transcribe(path: str, runner, decode_fn, is_long_audio: bool, timestamps: bo
         result.error = f"{path}: only {result.duration * 1000:.0f} ms of audio; nothing to recognise"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def text_times(log_probs_one: np.ndarray, text: str, vocabulary, frame_shift_s: float) -> list[tuple[str, float, float]]:
+    """(character, start_s, end_s) for every character of the decoded `text`, spaces included as " "
+    (group_token_times splits words at them): the run of frames each one holds on the most likely
+    CTC path that spells `text` (ctc_align). The text is whatever the decoder chose, so a beam search
+    that overrules the frame-wise argmax gets times for its own words, not the greedy path's.
+    log_probs_one [T, V] (valid frames only); start = first frame x shift, end = (last frame + 1) x shift.
+    """
+    ids = np.array(vocabulary.encode(text), dtype=np.int64)  # [L]
+    first, last = ctc_align(log_probs_one, ids)
+    return [(char, float(a * frame_shift_s), float((b + 1) * frame_shift_s)) for char, a, b in zip(text, first, last)]
+
+
+def ctc_align(log_probs_one: np.ndarray, ids: np.ndarray, blank_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """First and last frame [L] of each of ids [L] on the most likely CTC path that collapses to them
+    (Viterbi forced alignment over log_probs_one [T, V]), in O(T * (2L + 1)).
+
+    States: blank, ids[0], blank, ids[1], ..., blank [S = 2L + 1]. A path stays in a state, moves
+    to the next one, or skips the blank between two different tokens (a repeated token needs one).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    frames, length = len(log_probs_one), len(ids)
+    if length == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if frames < length + int(np.sum(ids[1:] == ids[:-1])):
+        raise ValueError(f"{length} tokens need more than the {frames} output frames they were decoded from")
+    states = np.full(2 * length + 1, blank_id, dtype=np.int64)  # [S]
+    states[1::2] = ids
+    may_skip = np.zeros(len(states), dtype=bool)  # [S]: entered from two states back
+    may_skip[3::2] = ids[1:] != ids[:-1]
+    emit = np.asarray(log_probs_one, dtype=np.float64)[:, states]  # [T, S]
+    score = np.full(len(states), -np.inf)  # [S] best log-prob of a path ending in each state
+    score[:2] = emit[0, :2]
+    moves = np.zeros((frames, len(states)), dtype=np.int8)  # [T, S] 0 stay, 1 from s - 1, 2 from s - 2
+    for t in range(1, frames):
+        step = np.concatenate([[-np.inf], score[:-1]])
+        skip = np.where(may_skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        candidates = np.stack([score, step, skip])  # [3, S]
+        moves[t] = candidates.argmax(axis=0)
+        score = candidates.max(axis=0) + emit[t]
+    state = len(states) - 1 if score[-1] >= score[-2] else len(states) - 2  # end in the last blank or token
+    if not np.isfinite(score[state]):
+        raise ValueError(f"no CTC path spells these {length} tokens: a frame they need has probability 0")
+    path = np.empty(frames, dtype=np.int64)  # [T] state of each frame, non-decreasing
+    for t in range(frames - 1, -1, -1):
+        path[t] = state
+        state -= moves[t, state]
+    token_states = 2 * np.arange(length) + 1
+    return np.searchsorted(path, token_states, "left"), np.searchsorted(path, token_states, "right") - 1
 
 
 def _mostly_cjk(text: str) -> bool:
@@ -111,13 +161,14 @@ def run_infer(cfg, model_folder: Path) -> tuple[str, int]:
     from utils.evaluate import make_decode_fn
     from utils.inference import load_runner
 
+    inputs = list_inputs(cfg.infer.wav_path)  # a bad list or folder stops the run before the model loads
     load_start = time.perf_counter()
     runner = load_runner(model_folder, cfg.infer.runtime)
     decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
     warm_up(runner)
     load_seconds = time.perf_counter() - load_start
     failed, audio, wall = 0, 0.0, 0.0
-    for path in list_inputs(cfg.infer.wav_path):
+    for path in inputs:
         result = transcribe(path, runner, decode_fn, cfg.infer.is_long_audio, cfg.infer.timestamps)
         if result.error:
             failed += 1
