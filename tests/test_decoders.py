@@ -1,13 +1,15 @@
 """CTC decoders (greedy, timestamps, beam search with a KenLM scorer) and alpha/beta tuning."""
 from __future__ import annotations
 
+import gzip
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from utils.decoders import (beam_search_decode, decode, greedy_decode, greedy_decode_with_times,
-                            group_token_times, load_scorer)
+from utils.decoders import (ARPA_END_SEARCH_BYTES, beam_search_decode, decode, greedy_decode,
+                            greedy_decode_with_times, group_token_times, load_scorer)
 from utils.lm import build_lm
 
 VOCAB = ["<blank>", "<unk>", "<space>"] + list("abcdefghijklmnopqrstuvwxyz'")
@@ -16,6 +18,8 @@ PEAK = 0.9
 FLOOR = 1e-3
 LM_SENTENCES = ["the cat sat on the mat", "the cat sat", "a dog sat on the rug",
                 "the dog ran to the cat", "a cat ran"]
+CHINESE_SENTENCES = ["今天天气很好", "我们去公园玩", "今天我们去上学"]
+CHINESE_VOCAB = ["<blank>", "<unk>"] + sorted(set("".join(CHINESE_SENTENCES)))  # 13 characters
 
 
 def frames(spec: list[dict[str, float]]) -> np.ndarray:
@@ -52,6 +56,13 @@ def word_lm(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("lm")
     (folder / "corpus.txt").write_text("\n".join(LM_SENTENCES) + "\n", encoding="utf-8")
     return str(build_lm([folder / "corpus.txt"], folder / "cats.arpa", order=3, unit="word").arpa_path)
+
+
+@pytest.fixture(scope="module")
+def chinese_char_lm(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("zh_lm")
+    (folder / "corpus.txt").write_text("\n".join(CHINESE_SENTENCES) + "\n", encoding="utf-8")
+    return str(build_lm([folder / "corpus.txt"], folder / "zh.arpa", order=3, unit="char").arpa_path)
 
 
 # ----------------------------------------------------------------------------- greedy
@@ -160,6 +171,116 @@ def test_malformed_lm_file_is_refused_before_kenlm_sees_it(tmp_path):
     bad.write_text("<html>404 Not Found</html>\n")
     with pytest.raises(ValueError, match="neither an ARPA file"):
         load_scorer(str(bad), 1.0, 1.0, VOCAB)
+
+
+def test_truncated_arpa_file_is_refused_before_kenlm_aborts(word_lm, tmp_path):
+    text = open(word_lm, "rb").read()
+    cut = tmp_path / "cut.arpa"
+    cut.write_bytes(text[: len(text) // 2])  # header present, \end\ missing: KenLM would SIGABRT
+    with pytest.raises(ValueError, match=r"cut\.arpa is an ARPA file cut off before its \\end\\ line"):
+        load_scorer(str(cut), 1.0, 1.0, VOCAB)
+    padded = tmp_path / "padded.arpa"  # blank lines after \end\ are fine; only the tail is read
+    padded.write_bytes(text + b"\n" * (ARPA_END_SEARCH_BYTES - 100))
+    assert load_scorer(str(padded), 1.0, 1.0, VOCAB).get_max_order() == 3
+
+
+def test_gzipped_arpa_loads_and_decodes_like_the_plain_file(word_lm, tmp_path):
+    packed = tmp_path / "cats.arpa.gz"
+    packed.write_bytes(gzip.compress(open(word_lm, "rb").read()))
+    scorer = load_scorer(str(packed), 1.0, 1.0, VOCAB)
+    assert beam_search_decode([cat_sad_probs()], VOCAB, beam_size=20, num_processes=1,
+                              scorer=scorer) == ["the cat sat"]
+
+
+def test_bad_gzip_files_are_refused(word_lm, tmp_path):
+    page = tmp_path / "page.arpa.gz"
+    page.write_bytes(gzip.compress(b"<html>404 Not Found</html>\n"))
+    with pytest.raises(ValueError, match="page.arpa.gz is gzip-compressed but holds no ARPA file"):
+        load_scorer(str(page), 1.0, 1.0, VOCAB)
+    stub = tmp_path / "stub.arpa.gz"
+    stub.write_bytes(gzip.compress(open(word_lm, "rb").read())[:40])  # cut inside the first block
+    with pytest.raises(ValueError, match="stub.arpa.gz is gzip-compressed but does not decompress"):
+        load_scorer(str(stub), 1.0, 1.0, VOCAB)
+
+
+@pytest.mark.parametrize("path", [None, ""])
+def test_no_lm_path_is_an_error_for_load_scorer(path):
+    with pytest.raises(ValueError, match="no language model given: build one"):
+        load_scorer(path, 1.0, 1.0, VOCAB)
+
+
+def test_chinese_character_lm_for_an_english_model_is_refused(chinese_char_lm):
+    assert load_scorer(chinese_char_lm, 1.0, 1.0, CHINESE_VOCAB).is_character_based()  # its own model
+    with pytest.raises(ValueError, match=r"zh\.arpa is a character LM that knows 0 of the model's 27 "
+                                         r"tokens \(unknown: a b c d e f g h i j \.\.\.\): it is for another "
+                                         r"language\. Use an LM built from text in the model's language"):
+        load_scorer(chinese_char_lm, 1.0, 1.0, VOCAB)
+
+
+def test_english_word_lm_for_a_chinese_model_is_refused(word_lm):
+    with pytest.raises(ValueError, match=r"cats\.arpa is a word LM none of whose words can be spelled with "
+                                         r"the model's tokens \(上 今 们 .*another language or letter case"):
+        load_scorer(word_lm, 1.0, 1.0, CHINESE_VOCAB)
+
+
+UPPER_CASE_ARPA = ("\\data\\\nngram 1=4\nngram 2=1\n\n\\1-grams:\n-1.0\t<s>\t0\n-0.5\t</s>\n-0.5\tTHE\t0\n"
+                   "-0.5\tCAT\n\n\\2-grams:\n-0.3\tTHE CAT\n\n\\end\\\n")
+
+
+def test_upper_case_word_lm_for_a_lower_case_model_is_refused(tmp_path):
+    arpa = tmp_path / "upper.arpa"
+    arpa.write_text(UPPER_CASE_ARPA, encoding="utf-8")
+    assert load_scorer(str(arpa), 1.0, 1.0, VOCAB + list("THECA")).get_dict_size() == 2  # a valid LM
+    with pytest.raises(ValueError, match="upper.arpa is a word LM none of whose words can be spelled"):
+        load_scorer(str(arpa), 1.0, 1.0, VOCAB)
+
+
+def test_unigram_arpa_is_refused_before_kenlm_aborts(tmp_path):
+    arpa = tmp_path / "uni.arpa"
+    arpa.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\n-0.5\t</s>\n-0.5\tthe\n\n\\end\\\n")
+    with pytest.raises(ValueError, match="uni.arpa is an ARPA file of order 1; KenLM needs at least bigrams"):
+        load_scorer(str(arpa), 1.0, 1.0, VOCAB)
+    packed = tmp_path / "uni.arpa.gz"
+    packed.write_bytes(gzip.compress(arpa.read_bytes()))
+    with pytest.raises(ValueError, match="uni.arpa.gz is an ARPA file of order 1"):
+        load_scorer(str(packed), 1.0, 1.0, VOCAB)
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(beam_size=0), "beam_size must be >= 1, got 0; fix --beam_size (config key decode.beam_size)"),
+    (dict(beam_size=-1), "beam_size must be >= 1, got -1"),
+    (dict(cutoff_top_n=-1), "cutoff_top_n must be >= 1, got -1; fix --cutoff_top_n"),
+    (dict(num_processes=0), "num_proc_bsearch must be >= 1, got 0; fix --num_proc_bsearch"),
+    (dict(cutoff_prob=0.0), r"cutoff_prob must be in (0, 1] (1: no cutoff), got 0.0"),
+])
+def test_beam_parameters_the_decoder_crashes_on_are_refused(params, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        beam_search_decode([cat_sad_probs()], VOCAB, **{"beam_size": 5, "num_processes": 1, **params})
+
+
+def beam_cfg(**changes) -> SimpleNamespace:
+    values = dict(lang_model_path=None, alpha=1.0, beta=1.0, beam_size=20, cutoff_prob=1.0, cutoff_top_n=40,
+                  num_proc_bsearch=1)
+    return SimpleNamespace(**{**values, **changes})
+
+
+@pytest.mark.parametrize("lm_path", [None, ""])
+def test_make_decode_fn_runs_beam_search_without_lm_when_no_path_is_given(lm_path):
+    from utils.evaluate import make_decode_fn
+
+    decode_fn = make_decode_fn("ctc_beam_search", beam_cfg(lang_model_path=lm_path), VOCAB)
+    log_probs = np.log(cat_sad_probs())[None]
+    assert decode_fn(log_probs, np.array([log_probs.shape[1]])) == ["the cat sad"]
+
+
+def test_make_decode_fn_checks_beam_parameters_before_loading_the_lm(tmp_path):
+    from utils.evaluate import make_decode_fn
+
+    with pytest.raises(ValueError, match="beam_size must be >= 1, got 0"):
+        make_decode_fn("ctc_beam_search", beam_cfg(beam_size=0, lang_model_path=str(tmp_path / "no.arpa")), VOCAB)
+    assert make_decode_fn("ctc_greedy", beam_cfg(beam_size=0), VOCAB)  # greedy has no beam
 
 
 def test_missing_decoder_package_says_how_to_install(monkeypatch, word_lm):

@@ -14,7 +14,9 @@ emit any token and scores every character.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import sys
 from typing import Any, Optional, Sequence
 
@@ -29,8 +31,14 @@ DEFAULT_CUTOFF_TOP_N = 40
 DEFAULT_NUM_PROCESSES = 2
 LOG_PROB_TOLERANCE = 1e-4  # log-probabilities are <= 0; above this they are probabilities
 KENLM_BINARY_MAGIC = b"mmap lm "  # start of every KenLM binary (probing and trie)
+GZIP_MAGIC = b"\x1f\x8b"  # KenLM reads gzipped ARPA files (not gzipped binaries)
 ARPA_HEADER = "\\data\\"
 ARPA_HEADER_SEARCH_BYTES = 4096
+ARPA_ORDER_LINE = re.compile(rb"^ngram (\d+)=", re.MULTILINE)  # the header's "ngram 2=38"
+ARPA_END = "\\end\\"  # last line of a complete ARPA file; KenLM aborts the process without it
+ARPA_END_SEARCH_BYTES = 4096  # the tail read for it: the line and any blank lines after it
+KENLM_OOV_SCORE = -1000.0  # what Scorer.get_log_cond_prob returns for a token the LM lacks
+MIN_KNOWN_TOKEN_SHARE = 0.1  # a character LM must know this share of the model's tokens
 
 TokenTime = tuple[str, float, float]  # (text, start_s, end_s)
 
@@ -140,30 +148,112 @@ def decoder_vocabulary(vocabulary: Sequence[str]) -> list[str]:
     return [SPACE if tok == " " else tok for tok in vocabulary]
 
 
+def _lm_how_to() -> str:
+    return ("build one from your transcripts with `python tools/build_lm.py` (writes lm/<name>.arpa) "
+            "or download a public one (see lm/README.md), then pass it with --lang_model_path")
+
+
+def _check_gzip_arpa(lang_model_path: str) -> None:
+    """A gzipped LM must decompress to an ARPA header.
+
+    A .gz cut off mid-file is not caught: finding its end means decompressing all of it
+    (gigabytes for the public LMs), so KenLM may still abort on one.
+    """
+    try:
+        with gzip.open(lang_model_path, "rb") as handle:
+            head = handle.read(ARPA_HEADER_SEARCH_BYTES)
+    except (OSError, EOFError) as err:
+        raise ValueError(f"language model {lang_model_path} is gzip-compressed but does not decompress "
+                         f"({err}); is it a partial download? {_lm_how_to()}") from None
+    if ARPA_HEADER.encode() not in head:
+        raise ValueError(f"language model {lang_model_path} is gzip-compressed but holds no ARPA file (no "
+                         f"{ARPA_HEADER} header); KenLM reads gzipped ARPA only: gunzip a binary first")
+    _check_arpa_order(lang_model_path, head)
+
+
+def _check_arpa_order(lang_model_path: str, head: bytes) -> None:
+    """KenLM aborts the process on a unigram-only ARPA file ("assumes at least a bigram model")."""
+    orders = [int(order) for order in ARPA_ORDER_LINE.findall(head)]
+    if max(orders, default=0) < 2:
+        raise ValueError(f"language model {lang_model_path} is an ARPA file of order "
+                         f"{max(orders, default=0)}; KenLM needs at least bigrams: build it with "
+                         f"`python tools/build_lm.py --order 3` (or another order >= 2)")
+
+
 def _check_lm_file(lang_model_path: str) -> None:
-    """Fail with a clear message before KenLM aborts the process on a missing or bad file."""
-    how_to = ("build one from your transcripts with `python tools/build_lm.py` (writes lm/<name>.arpa) "
-              "or download a public one (see lm/README.md), then pass it with --lang_model_path")
+    """Fail with a clear message before KenLM aborts the process on a missing, bad or truncated file."""
+    if not lang_model_path:
+        raise ValueError(f"no language model given: {_lm_how_to()}")
     if not os.path.isfile(lang_model_path):
-        raise FileNotFoundError(f"language model {lang_model_path} does not exist: {how_to}")
+        raise FileNotFoundError(f"language model {lang_model_path} does not exist: {_lm_how_to()}")
     with open(lang_model_path, "rb") as handle:
         head = handle.read(ARPA_HEADER_SEARCH_BYTES)
-    if not head.startswith(KENLM_BINARY_MAGIC) and ARPA_HEADER.encode() not in head:
-        raise ValueError(f"language model {lang_model_path} is neither an ARPA file (no {ARPA_HEADER} "
-                         f"header) nor a KenLM binary; is it a partial download? {how_to}")
+        if head.startswith(KENLM_BINARY_MAGIC):
+            return
+        if head.startswith(GZIP_MAGIC):
+            _check_gzip_arpa(lang_model_path)
+            return
+        if ARPA_HEADER.encode() not in head:
+            raise ValueError(f"language model {lang_model_path} is neither an ARPA file (no {ARPA_HEADER} "
+                             f"header) nor a KenLM binary; is it a partial download? {_lm_how_to()}")
+        _check_arpa_order(lang_model_path, head)
+        handle.seek(max(0, os.path.getsize(lang_model_path) - ARPA_END_SEARCH_BYTES))
+        tail = handle.read()  # only the tail: ARPA files of public LMs are gigabytes
+    if ARPA_END.encode() not in tail:
+        raise ValueError(f"language model {lang_model_path} is an ARPA file cut off before its {ARPA_END} "
+                         f"line: a partial download or an interrupted build. Download or build it again: "
+                         f"{_lm_how_to()}")
+
+
+def _check_lm_knows_tokens(scorer: Any, lang_model_path: str, vocabulary: Sequence[str]) -> None:
+    """Refuse an LM that shares (almost) nothing with the model's tokens: beam search then returns "".
+
+    That is an LM of another language (English model, Chinese LM or the reverse) or of another
+    letter case. A character LM must know MIN_KNOWN_TOKEN_SHARE of the model's tokens; a word LM
+    must hold a word spelled with them (the scorer's spelling dictionary is not empty).
+    """
+    fix = ("Use an LM built from text in the model's language and spelling (python tools/build_lm.py), "
+           "or decode without one (--lang_model_path '') or with --decoder ctc_greedy")
+    tokens = [tok for tok in vocabulary if tok not in (BLANK, UNK, SPACE)]
+    if scorer.is_character_based():
+        unknown = [tok for tok in tokens if scorer.get_log_cond_prob([tok]) <= KENLM_OOV_SCORE]
+        if len(tokens) - len(unknown) < MIN_KNOWN_TOKEN_SHARE * len(tokens):
+            raise ValueError(f"language model {lang_model_path} is a character LM that knows "
+                             f"{len(tokens) - len(unknown)} of the model's {len(tokens)} tokens (unknown: "
+                             f"{' '.join(unknown[:10])} ...): it is for another language. {fix}")
+    elif scorer.get_dict_size() == 0:
+        raise ValueError(f"language model {lang_model_path} is a word LM none of whose words can be "
+                         f"spelled with the model's tokens ({' '.join(tokens[:10])} ...): it is for "
+                         f"another language or letter case. {fix}")
 
 
 def load_scorer(lang_model_path: str, alpha: float, beta: float, vocabulary: Sequence[str]) -> Any:
-    """A paddlespeech_ctcdecoders.Scorer over a KenLM model (ARPA or binary).
+    """A paddlespeech_ctcdecoders.Scorer over a KenLM model (ARPA, gzipped ARPA or binary).
 
     alpha weighs the LM log-probability, beta is the bonus per word (per character for a
     character-level LM). Retune without reloading: scorer.reset_params(alpha, beta).
-    Raises FileNotFoundError/ValueError for a missing or malformed file and ImportError
-    when the decoder package is missing; nothing falls back to greedy decoding.
+    Raises FileNotFoundError/ValueError for a missing, malformed or truncated file or an LM
+    that shares (almost) no tokens with the vocabulary, and ImportError when the decoder
+    package is missing; nothing falls back to greedy decoding.
     """
     decoders = _import_ctcdecoders()
     _check_lm_file(lang_model_path)
-    return decoders.Scorer(float(alpha), float(beta), lang_model_path, decoder_vocabulary(vocabulary))
+    vocab = decoder_vocabulary(vocabulary)
+    scorer = decoders.Scorer(float(alpha), float(beta), lang_model_path, vocab)
+    _check_lm_knows_tokens(scorer, lang_model_path, vocab)
+    return scorer
+
+
+def check_beam_params(beam_size: int, cutoff_prob: float, cutoff_top_n: int, num_processes: int) -> None:
+    """Refuse values the C++ decoder crashes on (beam_size 0: segfault) or decodes to "" with."""
+    checks = [("beam_size", beam_size, beam_size >= 1, ">= 1"),
+              ("cutoff_prob", cutoff_prob, 0 < cutoff_prob <= 1, "in (0, 1] (1: no cutoff)"),
+              ("cutoff_top_n", cutoff_top_n, cutoff_top_n >= 1, ">= 1"),
+              ("num_proc_bsearch", num_processes, num_processes >= 1, ">= 1")]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"beam search parameter {name} must be {allowed}, got {value}; "
+                             f"fix --{name} (config key decode.{name})")
 
 
 def _check_probs(probs: np.ndarray, vocab_size: int, index: int) -> None:
@@ -186,6 +276,7 @@ def beam_search_decode(probs_list: Sequence[np.ndarray], vocabulary: Sequence[st
     the valid frames. Returns the best hypothesis per utterance.
     """
     decoders = _import_ctcdecoders()
+    check_beam_params(beam_size, cutoff_prob, cutoff_top_n, num_processes)
     vocab = decoder_vocabulary(vocabulary)
     batch = []
     for index, probs in enumerate(probs_list):

@@ -119,16 +119,21 @@ def evaluate(forward, loader: EvalLoader, metric: str, decode_fn, progress: bool
 def make_decode_fn(decoder: str, decode_cfg, vocabulary_tokens: list[str]):
     """decode_fn(log_probs [B, T', V], out_lens [B]) -> texts, for ctc_greedy or ctc_beam_search.
 
-    Beam search loads the KenLM scorer once, here; a missing decoder package or LM file is
-    an error that says how to get it (never a silent switch to greedy).
+    Beam search checks its parameters and loads the KenLM scorer once, here; a bad parameter,
+    a missing decoder package or LM file is an error that says how to fix it (never a silent
+    switch to greedy). No lang_model_path (None or "") is beam search without an LM.
     """
-    from utils.decoders import DECODER_NAMES, decode, load_scorer
+    from utils.decoders import DECODER_NAMES, check_beam_params, decode, load_scorer
 
     if decoder not in DECODER_NAMES:
         raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODER_NAMES)}")
     scorer = None
-    if decoder == "ctc_beam_search" and decode_cfg.lang_model_path:
-        scorer = load_scorer(decode_cfg.lang_model_path, decode_cfg.alpha, decode_cfg.beta, vocabulary_tokens)
+    if decoder == "ctc_beam_search":
+        check_beam_params(decode_cfg.beam_size, decode_cfg.cutoff_prob, decode_cfg.cutoff_top_n,
+                          decode_cfg.num_proc_bsearch)
+        if decode_cfg.lang_model_path:
+            scorer = load_scorer(decode_cfg.lang_model_path, decode_cfg.alpha, decode_cfg.beta,
+                                 vocabulary_tokens)
 
     def decode_fn(log_probs, out_lens):
         return decode(decoder, log_probs, out_lens, vocabulary_tokens, beam_size=decode_cfg.beam_size,
