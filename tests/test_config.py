@@ -1,6 +1,8 @@
 """Config overrides: dotted and bare keys, YAML files, errors that name the key, --print_config."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -59,12 +61,85 @@ def test_none_for_optional_keys(arg, section, key):
     (["--num_workers=true"], "'data.num_workers' expects int"),
     (["--bidirectional=1"], "'model.bidirectional' expects bool"),
     (["--learning_rate=fast"], "'train.learning_rate' expects float"),
-    (["--data_dir=[1]"], "'data.data_dir' expects str"),
+    (["--conv_channels=[a]"], "command line: config key 'model.conv_channels' expects list[int], got ['a'] "
+                              "(list; the element 'a' is str); fix the value in the YAML or on the command line"),
+    (["--conv_channels=[8, true]"], "'model.conv_channels' expects list[int]"),
+    (["--conv_kernels=[3, 3]"],
+     "'model.conv_kernels' expects list[list[int]], got [3, 3] (list; the element 3 is int)"),
+    (["--conv_strides=[[2, 2.5]]"],
+     "'model.conv_strides' expects list[list[int]], got [[2, 2.5]] (list; the element 2.5 is float)"),
+    (["--conv_strides=2"], "'model.conv_strides' expects list[list[int]], got 2 (int)"),
+    (["--alphas=[0.5, x]"], "'tune.alphas' expects list[float]"),
     (["stray"], "unexpected argument 'stray'"),
 ])
 def test_bad_keys_and_values_are_errors_naming_the_key(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse(*argv)
+
+
+def test_list_elements_of_the_right_type_pass_and_ints_become_floats():
+    cfg = parse("--conv_channels=[8, 4]", "--conv_strides=[[3, 2], [1, 1]]", "--alphas=[0, 1e-3, 2.5]")
+    assert (cfg.model.conv_channels, cfg.model.conv_strides) == ([8, 4], [[3, 2], [1, 1]])
+    assert cfg.tune.alphas == [0.0, 0.001, 2.5] and all(type(a) is float for a in cfg.tune.alphas)
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--beam_size=0", "'decode.beam_size' must be >= 1, got 0; fix the value in the YAML or on the command "
+                      "line (default: --decode.beam_size=100)"),
+    ("--beam_size=-1", "'decode.beam_size' must be >= 1, got -1"),
+    ("--cutoff_top_n=-1", "'decode.cutoff_top_n' must be >= 1, got -1"),
+    ("--num_proc_bsearch=0", "'decode.num_proc_bsearch' must be >= 1, got 0"),
+    ("--cutoff_prob=0", "'decode.cutoff_prob' must be in (0, 1] (1: no cutoff), got 0.0"),
+    ("--cutoff_prob=1.5", "'decode.cutoff_prob' must be in (0, 1]"),
+])
+def test_beam_parameters_out_of_range_are_errors_naming_the_key(arg, message):
+    with pytest.raises(ConfigError, match=re.escape(f"command line: config key {message}")):
+        parse(arg)
+
+
+def test_beam_parameters_at_their_limits_pass_and_yaml_is_checked_too(tmp_path):
+    cfg = parse("--beam_size=1", "--cutoff_prob=1", "--cutoff_top_n=1", "--num_proc_bsearch=1")
+    assert (cfg.decode.beam_size, cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n) == (1, 1.0, 1)
+    path = tmp_path / "exp.yml"
+    path.write_text("decode:\n  beam_size: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"config file {path}: config key 'decode.beam_size' must be")):
+        parse(f"--configs={path}")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--wav_path", "take #1.wav"], "take #1.wav"),  # YAML would read 'take' and a comment
+    (["--wav_path=a: b.wav"], "a: b.wav"),  # YAML would read a mapping
+    (["--wav_path=[1]"], "[1]"),
+    (["--wav_path=null"], "null"),  # a key that must hold a string takes the word as a name
+    (["--wav_path", "'quoted.wav'"], "'quoted.wav'"),
+])
+def test_string_keys_keep_the_command_line_text_as_typed(argv, expected):
+    assert parse(*argv).infer.wav_path == expected
+
+
+def test_optional_string_keys_keep_text_and_take_none():
+    assert parse("--data_dir=my corpus #2").data.data_dir == "my corpus #2"
+    assert parse("--data_dir=null").data.data_dir is None
+
+
+def test_a_bare_flag_is_no_string():
+    with pytest.raises(ConfigError, match="'infer.wav_path' expects str, got True"):
+        parse("--wav_path")
+
+
+def test_a_string_key_still_refuses_a_yaml_list(tmp_path):
+    path = tmp_path / "exp.yml"
+    path.write_text("data:\n  data_dir: [1]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape("'data.data_dir' expects str, got [1]")):
+        parse(f"--configs={path}")
+
+
+@pytest.mark.parametrize("value,expected", [("", ""), ("null", None), ("None", None)])
+def test_lang_model_path_can_be_emptied_and_still_prints(value, expected, capsys):
+    assert parse("--lang_model_path", value).decode.lang_model_path == expected
+    with pytest.raises(SystemExit):
+        parse("--lang_model_path", value, "--print_config")
+    assert yaml.safe_load(capsys.readouterr().out)["decode"]["lang_model_path"] == expected
 
 
 def test_yaml_file_then_command_line(tmp_path):

@@ -2,7 +2,10 @@
 
 Every key can be overridden from the command line, either dotted (`--train.batch_size=16`)
 or by its bare name when that name is unique across sections (`--batch_size=16`, the
-MASR habit). An unknown key or a value of the wrong type is an error that names the key.
+MASR habit). A command-line value is read as YAML (`[8, 8]`, `1e-3`, `true`), except for
+keys that hold a string: those keep the text as typed (`--wav_path "take #1.wav"`). An
+unknown key, a value of the wrong type (list elements included) or out of a key's range
+is an error that names the key.
 """
 from __future__ import annotations
 
@@ -12,16 +15,23 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
 
-def _key(default, help_text: str):
-    """A config field with a help text (shown by --help and as a comment in --print_config)."""
+Check = tuple[str, Callable[[Any], bool]]  # (the values allowed, in words; the test of a value)
+AT_LEAST_1: Check = (">= 1", lambda v: v >= 1)
+NONE_WORDS = ("None", "none", "null")  # command-line spellings of None
+
+
+def _key(default, help_text: str, check: Optional[Check] = None):
+    """A config field with a help text (shown by --help and as a comment in --print_config) and an
+    optional range check applied to every value set (YAML, command line, saved config)."""
+    metadata = {"help": help_text, "check": check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
+        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -49,9 +59,9 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
-    conv_channels: list = _key([32, 32], "output channels of each 2-D convolution")
-    conv_kernels: list = _key([[41, 11], [21, 11]], "kernel [freq, time] of each convolution")
-    conv_strides: list = _key([[2, 2], [2, 1]], "stride [freq, time] of each convolution")
+    conv_channels: list[int] = _key([32, 32], "output channels of each 2-D convolution")
+    conv_kernels: list[list[int]] = _key([[41, 11], [21, 11]], "kernel [freq, time] of each convolution")
+    conv_strides: list[list[int]] = _key([[2, 2], [2, 1]], "stride [freq, time] of each convolution")
     rnn_type: str = _key("gru", "gru or lstm")
     num_rnn_layers: int = _key(3, "recurrent layers")
     rnn_size: int = _key(1024, "hidden units per direction")
@@ -101,13 +111,15 @@ class TrainConfig:
 @dataclass
 class DecodeConfig:
     decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search")
-    lang_model_path: str = _key("lm/demo_en.arpa", "KenLM model (ARPA or binary) for beam search")
+    lang_model_path: Optional[str] = _key("lm/demo_en.arpa", "KenLM model (ARPA, .arpa.gz or binary) for "
+                                                             "beam search; None or '': beam search without LM")
     alpha: float = _key(1.0, "language model weight")
     beta: float = _key(2.0, "word insertion bonus")
-    beam_size: int = _key(100, "beam width")
-    cutoff_prob: float = _key(1.0, "keep the most probable tokens up to this cumulative probability")
-    cutoff_top_n: int = _key(40, "keep at most this many tokens per frame")
-    num_proc_bsearch: int = _key(2, "processes for batched beam search")
+    beam_size: int = _key(100, "beam width", AT_LEAST_1)
+    cutoff_prob: float = _key(1.0, "keep the most probable tokens up to this cumulative probability",
+                              ("in (0, 1] (1: no cutoff)", lambda v: 0 < v <= 1))
+    cutoff_top_n: int = _key(40, "keep at most this many tokens per frame", AT_LEAST_1)
+    num_proc_bsearch: int = _key(2, "processes for batched beam search", AT_LEAST_1)
 
 
 @dataclass
@@ -139,8 +151,8 @@ class InferConfig:
 
 @dataclass
 class TuneConfig:
-    alphas: list = _key([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "language model weights tried by tools/tune.py")
-    betas: list = _key([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "word insertion bonuses tried by tools/tune.py")
+    alphas: list[float] = _key([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "language model weights tried by tools/tune.py")
+    betas: list[float] = _key([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "word insertion bonuses tried by tools/tune.py")
     heatmap_path: Optional[str] = _key(None, "heat map PNG (default: next to the model folder)")
     num_utterances: int = _key(0, "tune on the first N utterances of the manifest (0: all)")
 
@@ -175,14 +187,32 @@ def _short_names() -> dict[str, str]:
     return {k: v[0] for k, v in seen.items() if len(v) == 1}
 
 
-def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
-    """Check `value` against the field's annotation; ints are accepted for floats."""
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    if optional:
-        if value is None or value == "None":
-            return None
-        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+def _type_hint(annotation: Any) -> Any:
+    """The field's annotation as a type (they are strings under `from __future__ import annotations`)."""
+    return annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+
+
+def _type_name(hint: Any) -> str:
+    """int, str, list[int] ... (list[int] passes isinstance(hint, type) but has a get_origin)."""
+    plain = isinstance(hint, type) and typing.get_origin(hint) is None
+    return hint.__name__ if plain else str(hint).replace("typing.", "")
+
+
+class _WrongType(Exception):
+    """The value, or the list element in it, that does not match the annotation."""
+
+    def __init__(self, bad: Any):
+        super().__init__(bad)
+        self.bad = bad
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """value checked against hint (element by element for list[...]); ints are accepted for floats."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise _WrongType(value)
+        element_hint = typing.get_args(hint)[0]
+        return [_convert(element, element_hint) for element in value]
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML reads 1e-3 (no dot) as a string
@@ -191,13 +221,41 @@ def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"config key '{dotted}' expects {hint.__name__}, got {value!r} "
-                          f"({type(value).__name__}); fix the value in the YAML or on the command line")
+        raise _WrongType(value)
     return value
 
 
-def set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
-    """Set `section.key` (or a unique bare key) on cfg, checking name and type."""
+def _coerce(dotted: str, value: Any, annotation: Any, source: str) -> Any:
+    """Check `value` against the field's annotation, list elements included."""
+    hint = _type_hint(annotation)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None or value == "None":
+            return None
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    try:
+        return _convert(value, hint)
+    except _WrongType as err:
+        element = "" if err.bad is value else f"; the element {err.bad!r} is {type(err.bad).__name__}"
+        raise ConfigError(f"{source}: config key '{dotted}' expects {_type_name(hint)}, got {value!r} "
+                          f"({type(value).__name__}{element}); fix the value in the YAML or on the command line"
+                          ) from None
+
+
+def _check_range(dotted: str, value: Any, check: Optional[Check], default: Any, source: str) -> None:
+    if check is None or value is None:
+        return
+    allowed, test = check
+    if not test(value):
+        raise ConfigError(f"{source}: config key '{dotted}' must be {allowed}, got {value!r}; fix the value "
+                          f"in the YAML or on the command line (default: --{dotted}={default!r})")
+
+
+def set_key(cfg: Config, dotted: str, value: Any, source: str, from_text: bool = False) -> None:
+    """Set `section.key` (or a unique bare key) on cfg, checking name, type and range.
+
+    from_text: value is command-line text (or True for a bare flag), parsed for the key's type.
+    """
     if "." not in dotted:
         full = _short_names().get(dotted)
         if full is None:
@@ -208,7 +266,12 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if key not in fields:
         raise ConfigError(f"{source}: unknown config key '{dotted}'; run with --help for the list of keys")
-    setattr(section, key, _coerce(dotted, value, fields[key].type))
+    if from_text:
+        value = _parse_value(value, fields[key].type)
+    value = _coerce(dotted, value, fields[key].type, source)
+    default = getattr(type(section)(), key)
+    _check_range(dotted, value, fields[key].metadata["check"], default, source)
+    setattr(section, key, value)
 
 
 def load_yaml(cfg: Config, path: str) -> None:
@@ -296,13 +359,13 @@ def _build(cfg: Config, defaults: dict | None, yaml_path: str | None, pairs: lis
         set_key(cfg, dotted, value, "script default")
     if yaml_path:
         load_yaml(cfg, yaml_path)
-    for dotted, value in pairs:
-        set_key(cfg, dotted, value, "command line")
+    for dotted, text in pairs:
+        set_key(cfg, dotted, text, "command line", from_text=True)
     return cfg
 
 
-def _cli_pairs(args: list[str]) -> list[tuple[str, Any]]:
-    """['--a=1', '--b', 'x', '--flag'] -> [('a', 1), ('b', 'x'), ('flag', True)]; values parsed as YAML."""
+def _cli_pairs(args: list[str]) -> list[tuple[str, str | bool]]:
+    """['--a=1', '--b', 'x', '--flag'] -> [('a', '1'), ('b', 'x'), ('flag', True)]; set_key parses the text."""
     pairs, i = [], 0
     while i < len(args):
         arg = args[i]
@@ -313,14 +376,23 @@ def _cli_pairs(args: list[str]) -> list[tuple[str, Any]]:
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
                 raw, i = args[i + 1], i + 1
             else:
-                raw = "true"
-        pairs.append((name, _parse_value(raw)))
+                raw = True  # a bare flag
+        pairs.append((name, raw))
         i += 1
     return pairs
 
 
-def _parse_value(raw: str) -> Any:
-    if raw in ("None", "none", "null"):
+def _parse_value(raw: str | bool, annotation: Any) -> Any:
+    """Command-line text -> value: kept as typed for a key that holds a string ("take #1.wav" is not
+    YAML's "take" and a comment; "a: b.wav" not a mapping), else parsed as YAML. None/none/null is
+    None, except for a key that must hold a string. A bare flag (True) stays True."""
+    if not isinstance(raw, str):
+        return raw
+    hint = _type_hint(annotation)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if hint is str or (optional and str in typing.get_args(hint)):
+        return None if optional and raw in NONE_WORDS else raw
+    if raw in NONE_WORDS:
         return None
     try:
         return yaml.safe_load(raw)
