@@ -1,9 +1,14 @@
 """CER/WER per utterance and over a corpus, checked against pinned values and jiwer."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jiwer
+import numpy as np
 import pytest
 
+from utils.evaluate import evaluate
+from utils.manifest import Utterance
 from utils.metrics import ErrorCounter, cer, char_errors, corpus_error_rate, wer, word_errors
 
 PAIRS = [  # (reference, hypothesis)
@@ -65,3 +70,20 @@ def test_bad_metric_and_mismatched_batch_are_errors():
         ErrorCounter("ser")
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         ErrorCounter("cer").update_batch(["a", "b"], ["a"])
+
+
+
+class _OneBatchLoader(list):
+    """What evaluate() reads of a loader: its batches and dataset.utterances."""
+
+    def __init__(self, utterances):
+        super().__init__([(None, None, None, None, np.arange(len(utterances)))])
+        self.dataset = SimpleNamespace(utterances=utterances)
+
+
+def test_evaluate_scores_a_hand_written_reference_as_create_data_writes_it():
+    """'Hello, World!' in a manifest not made by create_data is scored as 'hello world'."""
+    utterances = [Utterance("a.wav", 1.0, "Hello, World!"), Utterance("b.wav", 1.0, "Cafe\u0301")]
+    result = evaluate(lambda *batch: (None, None, 0.0), _OneBatchLoader(utterances), "wer",
+                      lambda log_probs, out_lens: ["hello world", "cafe"])
+    assert result.references == ["hello world", "cafe"] and result.error_rate == 0.0

@@ -15,7 +15,7 @@ from utils.data import SpeechDataset, longest_frames, make_batch
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
 from utils.model import log_softmax
-from utils.text import BLANK_ID
+from utils.text import BLANK_ID, reference_text
 
 
 @dataclass
@@ -109,7 +109,7 @@ def evaluate(forward, loader: EvalLoader, metric: str, decode_fn, progress: bool
             hyps[int(index)] = text
     wall = time.perf_counter() - start
     counter = ErrorCounter(metric)
-    refs = [u.text for u in utterances]
+    refs = [reference_text(u.text) for u in utterances]  # a hand-written manifest scored as create_data's
     ordered = [hyps[i] for i in range(len(utterances))]
     per_utt = counter.update_batch(refs, ordered)
     return EvalResult(loss_total / max(1, len(utterances)), counter.corpus_rate, counter.mean_rate, metric,
