@@ -8,6 +8,7 @@ which is all that agreement and bookkeeping tests need.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -137,6 +138,51 @@ def test_export_writes_a_self_describing_infer_folder(trained):
     cfg = load_config(trained["infer"])
     assert (cfg.features.feature_method, cfg.features.n_mels) == ("fbank", 40)
     assert default_model_folder(cfg) == trained["infer"], "infer.py/eval.py pick the export when it exists"
+    source = json.loads((trained["infer"] / "source.json").read_text(encoding="utf-8"))
+    weights = trained["model"] / "model.pdparams"
+    assert source == {"checkpoint": "../best_model", "size": weights.stat().st_size,
+                      "mtime_ns": weights.stat().st_mtime_ns, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
+def test_a_retrained_checkpoint_makes_infer_skip_its_stale_export_with_a_warning(trained, tmp_path, capsys):
+    import paddle
+
+    from utils.inference import default_model_folder, load_config
+
+    root = tmp_path / "models" / trained["root"].name
+    shutil.copytree(trained["root"], root)  # copy2: mtimes kept, so the record still matches
+    export, checkpoint, weights = root / "infer", root / "best_model", root / "best_model" / "model.pdparams"
+    cfg = load_config(export)
+    cfg.train.save_model_path, cfg.train.use_model = str(tmp_path / "models"), root.name
+    assert default_model_folder(cfg) == export and capsys.readouterr().err == ""
+    weights.write_bytes(weights.read_bytes())  # the same bytes with a new mtime (a copy without -p)
+    assert default_model_folder(cfg) == export and capsys.readouterr().err == ""
+
+    state = paddle.load(str(weights))  # retrained: the same tensors with other values
+    name = next(iter(state))
+    state[name] = state[name] + 0.5
+    paddle.save(state, str(weights))
+    fix = f"python tools/export_model.py --resume_model {checkpoint} --save_model_path {root.parent} --use_model {root.name}"
+    assert default_model_folder(cfg) == checkpoint
+    assert capsys.readouterr().err == (
+        f"warning: {export} was exported from {checkpoint} before that checkpoint changed (retrained since); using "
+        f"the checkpoint {checkpoint} instead of the stale export. To use an export again: {fix}\n")
+    wav = trained["corpus"] / "audio" / "test_0.wav"
+    proc = run_script("infer.py", "--save_model_path", root.parent, "--use_model", root.name, "--wav_path", wav,
+                      cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0 and f"warning: {export} was exported from {checkpoint}" in proc.stderr
+    assert f"with the checkpoint {checkpoint} and ctc_greedy" in proc.stdout.splitlines()[-1]
+    named = run_script("infer.py", "--model_path", export, "--wav_path", wav, cwd=tmp_path)  # asked for by name
+    assert named.returncode == 0 and f"using the export as asked. For the retrained model pass --model_path " \
+                                      f"{checkpoint}, or export again: {fix}" in named.stderr
+    assert f"with the exported model (ONNX Runtime) {export}" in named.stdout.splitlines()[-1]
+
+    (export / "source.json").unlink()  # an export made before exports recorded their source
+    assert default_model_folder(cfg) == export
+    assert capsys.readouterr().err == (
+        f"note: {export} records no source checkpoint (exported by an older version), so whether it is older than "
+        f"{checkpoint} cannot be checked; using it as it is. Export again to have it checked: {fix}\n")
 
 
 def test_exported_runners_and_checkpoint_agree_on_real_utterances(trained):

@@ -2,8 +2,10 @@
 [--resume_model models/deepspeech2/best_model] [--save_model_path models --use_model deepspeech2]
 
 Writes models/<use_model>/infer/ (model.onnx and Paddle's static graph, each with the normalizer
-inside, plus config, vocabulary and normalizer); infer.py and eval.py use it when it is there
-(ONNX Runtime unless --runtime=paddle). use_model and
+inside, plus config, vocabulary, normalizer and source.json: the checkpoint exported and its
+weights' size, mtime and sha256); infer.py and eval.py use it when it is there (ONNX Runtime
+unless --runtime=paddle) and its checkpoint has not changed since, else that checkpoint, with a
+warning that says to export again. use_model and
 save_model_path come from the exported folder's own config unless given here.
 """
 import sys

@@ -4,8 +4,11 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,9 @@ from utils.text import Vocabulary
 EXPORT_PREFIX = "model"  # paddle.jit.save writes model.json (Paddle 3) or model.pdmodel (2.x) + model.pdiparams
 ONNX_FILE = "model.onnx"
 RUNTIMES = ("onnx", "paddle")
+# the checkpoint an export was made from: its folder (relative to the export) and the size, mtime and
+# sha256 of its model.pdparams, so that an export older than a retrained checkpoint is noticed
+EXPORT_SOURCE_FILE = "source.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -37,10 +43,94 @@ def is_exported(folder: str | Path) -> bool:
     return (folder / f"{EXPORT_PREFIX}.pdiparams").is_file() and (folder / CONFIG_FILE).is_file()
 
 
-def default_model_folder(cfg: Config) -> Path:
-    """models/<use_model>/infer when exported, else models/<use_model>/best_model."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_record(checkpoint: Path) -> dict:
+    stat = (checkpoint / MODEL_FILE).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(checkpoint / MODEL_FILE)}
+
+
+def write_export_source(checkpoint: Path, export_dir: Path, write_to: Path) -> None:
+    """EXPORT_SOURCE_FILE in write_to (the export's temporary folder) for an export that will live at export_dir."""
+    record = {"checkpoint": os.path.relpath(checkpoint.resolve(), export_dir.resolve()), **_weights_record(checkpoint)}
+    (write_to / EXPORT_SOURCE_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def export_source(export: Path) -> tuple[str, Path | None]:
+    """How an export stands against the checkpoint it was made from: ("current", checkpoint),
+    ("changed", checkpoint) when that checkpoint's model.pdparams changed since (retrained),
+    ("gone", checkpoint) when it no longer exists, ("unrecorded", None) for an export made before
+    exports recorded their source. The weights are hashed only when their size or mtime differ."""
+    try:
+        record = json.loads((export / EXPORT_SOURCE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):  # missing, or cut short: as good as no record
+        return "unrecorded", None
+    if not isinstance(record, dict) or not {"checkpoint", "size", "mtime_ns", "sha256"} <= record.keys():
+        return "unrecorded", None
+    checkpoint = Path(os.path.normpath(export / record["checkpoint"]))
+    if not (checkpoint / MODEL_FILE).is_file():
+        return "gone", checkpoint
+    stat = (checkpoint / MODEL_FILE).stat()
+    if (stat.st_size, stat.st_mtime_ns) == (record["size"], record["mtime_ns"]):
+        return "current", checkpoint
+    unchanged = stat.st_size == record["size"] and _sha256(checkpoint / MODEL_FILE) == record["sha256"]
+    return ("current" if unchanged else "changed"), checkpoint  # same bytes, new mtime: copied without -p
+
+
+def _export_command(checkpoint: Path, export: Path) -> str:
+    """The command that writes `export` (models/<use_model>/infer) again from `checkpoint`."""
+    command = f"python tools/export_model.py --resume_model {checkpoint}"
+    if export.name != "infer":  # moved or renamed: tools/export_model.py writes <save_model_path>/<use_model>/infer
+        return command
+    return f"{command} --save_model_path {export.parent.parent} --use_model {export.parent.name}"
+
+
+def default_model_folder(cfg: Config, messages: list[str] | None = None) -> Path:
+    """models/<use_model>/infer when exported from the weights its checkpoint still holds, else
+    models/<use_model>/best_model. An export whose checkpoint was retrained since gives way to that
+    checkpoint, with a warning that says how to export again; an export that records no source is
+    used, with a note. Warnings and notes go to `messages` when given, else to stderr."""
+    out = [] if messages is None else messages
     root = Path(cfg.train.save_model_path) / cfg.train.use_model
-    return root / "infer" if is_exported(root / "infer") else root / "best_model"
+    export, folder = root / "infer", root / "best_model"
+    if is_exported(export):
+        state, checkpoint = export_source(export)
+        folder = checkpoint if state == "changed" else export
+        if state == "changed":
+            out.append(f"warning: {export} was exported from {checkpoint} before that checkpoint changed (retrained "
+                       f"since); using the checkpoint {checkpoint} instead of the stale export. To use an export "
+                       f"again: {_export_command(checkpoint, export)}")
+        elif state == "unrecorded":
+            out.append(f"note: {export} records no source checkpoint (exported by an older version), so whether it "
+                       f"is older than {root / 'best_model'} cannot be checked; using it as it is. Export again to "
+                       f"have it checked: {_export_command(root / 'best_model', export)}")
+        elif state == "gone":
+            out.append(f"note: {export} was exported from {checkpoint}, which no longer exists; using the export")
+    if messages is None:
+        _print_messages(out)
+    return folder
+
+
+def _stale_export_warning(export: Path, flag: str) -> list[str]:
+    """A warning for an export asked for by name (it is used) whose checkpoint changed since."""
+    state, checkpoint = export_source(export)
+    if state != "changed":
+        return []
+    return [f"warning: {export} was exported from {checkpoint} before that checkpoint changed (retrained since); "
+            f"using the export as asked. For the retrained model pass {flag} {checkpoint}, or export again: "
+            f"{_export_command(checkpoint, export)}"]
+
+
+def _print_messages(messages: list[str]) -> None:
+    sys.stdout.flush()  # after what the script printed before them
+    for message in messages:
+        print(message, file=sys.stderr, flush=True)
 
 
 def folder_config(folder: str | Path) -> Config | None:
@@ -199,6 +289,7 @@ def export_model(folder: str | Path, out_dir: str | Path) -> Path:
     for name in (VOCAB_FILE, NORMALIZER_FILE):
         shutil.copyfile(folder / name, tmp / name)
     save_config(cfg, tmp / CONFIG_FILE)
+    write_export_source(folder, out_dir, tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -216,13 +307,18 @@ def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Co
     from utils.config import parse_args, print_config
 
     chosen: list[Path] = []
+    messages: list[str] = []  # about the folder picked: printed after the config, where they are seen
 
     def base_config(cfg: Config) -> Config | None:
         section, key = folder_key.split(".")
         explicit = getattr(getattr(cfg, section), key)
-        chosen.append(Path(explicit) if explicit else default_model_folder(cfg))
+        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages))
+        if explicit and is_exported(explicit):
+            messages.extend(_stale_export_warning(Path(explicit), "--" + key))
         return folder_config(chosen[-1])
 
     cfg = parse_args(description, default_config=None, base_config=base_config)
     print_config(cfg, script)
+    _print_messages(messages)
     return cfg, chosen[0]
+
