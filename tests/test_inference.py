@@ -550,6 +550,17 @@ def test_tune_writes_heatmap_and_prints_best_alpha(trained, tmp_path):
     assert matplotlib.image.imread(str(heatmap)).shape[0] > 100
 
 
+def test_tune_on_an_empty_manifest_is_an_error(trained, tmp_path):
+    empty = tmp_path / "manifest.dev"
+    empty.write_text("", encoding="utf-8")
+    proc = run_script("tools/tune.py", "--resume_model", trained["model"], "--test_manifest", empty,
+                      "--lang_model_path", "", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {empty} holds no utterances; pass --test_manifest=a "
+                                                    f"dev manifest written by create_data.py")
+
+
 def test_long_audio_without_speech_is_decoded_in_capped_pieces():
     """No speech found in a long file: it is still decoded, but never as one huge forward pass."""
     from utils.transcribe import _pieces
