@@ -217,7 +217,8 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 # held (this process is as fast: demo test set, 2.0-2.3 s against 2.3 s with a worker)
                 test_loader=make_eval_loader(test_set, t.batch_size, 0), log=log,
                 state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
-                epoch_padding=[], placement=run_placement, malloc_note=malloc_note)
+                epoch_padding=[], placement=run_placement, malloc_note=malloc_note,
+                interrupts=_Interrupts())  # its handler is installed by _loop
 
 
 def _start_from(run: _Run) -> None:
@@ -360,6 +361,8 @@ def _run_epoch(run: _Run) -> bool:
     remaining = num_batches - run.state.batch_in_epoch
     for micro_step in range(remaining):  # the rest of this epoch's batches
         batch = _next_batch(run, at_boundary=micro_step % t.accum_grad == 0)
+        if batch is None:  # a finite iterable of batches ran out (the benchmarks hand in lists)
+            break
         timing["reader"] += time.perf_counter() - tick
         loss = _train_step(run, batch, micro_step)
         window_done = (micro_step + 1) % t.accum_grad == 0
@@ -389,10 +392,10 @@ def _run_epoch(run: _Run) -> bool:
 
 
 def _next_batch(run: _Run, at_boundary: bool):
-    """The loader's next batch. Where it fails (a file that does not read, a worker killed), last_model
+    """The loader's next batch, or None after the last. Where it fails (a file that does not read, a worker killed), last_model
     is saved first when this is a batch boundary, so no step since the last save is lost."""
     try:
-        return next(run.batches)
+        return next(run.batches, None)
     except Exception as err:
         saved = ""
         if at_boundary and run.rank == 0:
@@ -497,7 +500,6 @@ def train(cfg: Config) -> str:
 
 def _loop(run: _Run) -> str:
     t, start = run.cfg.train, time.perf_counter()
-    run.interrupts = _Interrupts()
     previous = {signum: signal.signal(signum, run.interrupts.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     run.model.train()
     placement.apply(run.placement)
