@@ -283,6 +283,25 @@ def test_misspelt_param_is_a_clear_error_at_load_time(tmp_path):
         load_augmentation(path)
 
 
+@pytest.mark.parametrize("entry,message", [
+    ({"type": "specaugment", "params": {"max_freq_width": -30}}, r"parameter max_freq_width must be at least 0"),
+    ({"type": "specaugment", "params": {"max_time_ratio": -0.1}}, r"max_time_ratio must be at least 0"),
+    ({"type": "speed", "params": {"min_rate": 0}}, r"min_rate must be above 0"),
+    ({"type": "speed", "params": {"min_rate": 1.2, "max_rate": 1.1}}, r"min_rate 1.2 is above max_rate 1.1"),
+    ({"type": "resample", "params": {"rates": [0]}}, r"rates must be above 0"),
+    ({"type": "speed", "prob": 2}, r"prob must be a number in \[0, 1\], got 2"),
+    ({"type": "speed", "probability": 0.5}, r"expected an object with the keys"),
+    ({"type": "specaugment", "params": {"freq_masks": "two"}}, r"freq_masks must be a number"),
+    ("speed", r"expected an object with the keys"),
+])
+def test_out_of_range_entries_are_refused_naming_the_entry(tmp_path, entry, message):
+    """A negative mask width wrote outside the features in C++ (heap corruption); a zero rate divided by
+    zero in a loader worker: refused when the file loads, naming it and the entry."""
+    path = write_conf(tmp_path, [{"type": "volume", "params": {"min_gain_db": -10}}, entry])
+    with pytest.raises(ValueError, match=r"entry 1.*" + message):
+        load_augmentation(path)
+
+
 def test_missing_and_broken_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="augment_conf_path=None"):
         load_augmentation(str(tmp_path / "missing.json"))

@@ -358,9 +358,11 @@ def load_augmentation(path: str | None, noise_paths: list[str] = (), sample_rate
                                 f"pass --augment_conf_path=None to train without augmentation") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{\"type\", \"params\", \"prob\"}} entries")
     noise_clips = None  # loaded at the first noise entry, shared by any other
     for number, entry in enumerate(entries):
-        kind, params, prob = entry.get("type"), dict(entry.get("params", {})), float(entry.get("prob", 1.0))
+        kind, params, prob = _entry_fields(path, number, entry)
         if kind in ("shift", "resample"):
             params.setdefault("sample_rate", sample_rate)
         if kind == "noise":
@@ -373,6 +375,35 @@ def load_augmentation(path: str | None, noise_paths: list[str] = (), sample_rate
         _check_params(path, number, kind, function, params)
         (augmentation.audio if kind in AUDIO_AUGMENTORS else augmentation.feature).append((function, params, prob))
     return augmentation
+
+
+ENTRY_KEYS = {"type", "params", "prob"}
+
+
+def _entry_fields(path, number: int, entry) -> tuple[str, dict, float]:
+    """(type, params, prob) of an entry, or a ValueError naming the entry: a misspelt key, a prob outside
+    [0, 1], or a number below 0 other than a dB value (a negative mask width wrote outside the features
+    in C++; rates must be above 0), so that no such value reaches a loader worker."""
+    where = f"{path}: entry {number}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("params", {}), dict) or set(entry) - ENTRY_KEYS:
+        raise ValueError(f"{where}: expected an object with the keys {sorted(ENTRY_KEYS)}, got {entry!r}")
+    kind, params, prob = entry.get("type"), dict(entry.get("params", {})), entry.get("prob", 1.0)
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+        raise ValueError(f"{where} ('{kind}'): prob must be a number in [0, 1], got {prob!r}")
+    for name, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            raise ValueError(f"{where} ('{kind}'): parameter {name} must be a number or a list of numbers, got {value!r}")
+        if name.endswith("_db"):  # gains and SNRs in dB may be negative
+            continue
+        positive = name.endswith("rate") or name == "rates"
+        if any(v < 0 or (positive and v <= 0) for v in values) or (name == "rates" and not values):
+            raise ValueError(f"{where} ('{kind}'): parameter {name} must be {'above' if positive else 'at least'} 0, "
+                             f"got {value!r}")
+    for low, high in (("min_rate", "max_rate"), ("min_gain_db", "max_gain_db"), ("min_snr_db", "max_snr_db")):
+        if low in params and high in params and params[low] > params[high]:
+            raise ValueError(f"{where} ('{kind}'): {low} {params[low]} is above {high} {params[high]}")
+    return kind, params, float(prob)
 
 
 def _check_params(path, number: int, kind: str, function: Callable, params: dict) -> None:

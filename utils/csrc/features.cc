@@ -557,10 +557,11 @@ bool EditFeatures(float* features, int64_t steps, int dim, const double* rows, i
             std::accumulate(features, features + steps * dim, 0.0) / static_cast<double>(steps * dim)) : 0.0f;
         break;
       case kFreqMask:
-        for (int64_t t = 0; t < steps; ++t) std::fill(features + t * dim + clamp(a, dim), features + t * dim + clamp(a + b, dim), fill);
+        if (b > 0)  // a negative width would make the range run backwards, off the buffer
+          for (int64_t t = 0; t < steps; ++t) std::fill(features + t * dim + clamp(a, dim), features + t * dim + clamp(a + b, dim), fill);
         break;
       case kTimeMask:
-        std::fill(features + clamp(a, steps) * dim, features + clamp(a + b, steps) * dim, fill);
+        if (b > 0) std::fill(features + clamp(a, steps) * dim, features + clamp(a + b, steps) * dim, fill);
         break;
       case kCopy:
         if (a >= 0 && c >= 0 && a < steps && c < steps) {
