@@ -20,7 +20,7 @@ setup: $(VENV)/.stamp
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "error: no Python 3.10 (see the message above)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also a venv left half-made
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(PADDLE)$(PADDLE_RANGE)" -r requirements.txt -r requirements-dev.txt
 	$(PY) -c "import paddle, paddlespeech_ctcdecoders, visualdl, soundfile; print('setup: paddle', paddle.__version__, 'ready in $(VENV)')"
@@ -42,7 +42,7 @@ bench: setup system-deps-demo
 	$(PY) tools/bench_all.py --out bench/report.json
 
 lm: setup
-	$(PY) tools/build_lm.py --text dataset/lm_text_$(DEMO_LANG).txt --exclude dataset/annotation/test.txt --name demo_$(DEMO_LANG)
+	$(PY) tools/build_lm.py --text dataset/demo_$(DEMO_LANG)/lm_text_$(DEMO_LANG).txt --exclude dataset/demo_$(DEMO_LANG)/annotation/test.txt --name demo_$(DEMO_LANG)
 
 clean-demo:
 	rm -rf dataset/demo_$(DEMO_LANG) models/demo_$(DEMO_LANG) log/demo_$(DEMO_LANG) lm/demo_$(DEMO_LANG).*

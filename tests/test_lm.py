@@ -161,3 +161,10 @@ def test_cli_without_a_manifest_says_what_to_do(tmp_path):
     proc = run_cli("--manifest_path", str(tmp_path / "manifest.train"), "--lm_dir", str(tmp_path))
     assert proc.returncode != 0
     assert "run python create_data.py first, or give the corpus with --text" in proc.stderr
+
+
+@pytest.mark.parametrize("order", [0, 1, 7, -1])
+def test_an_order_out_of_range_is_refused_zero_included(tmp_path, order):
+    """--order 0 built the default order silently (0 read as 'not given')."""
+    with pytest.raises(ValueError, match=rf"order must be between 2 and \d+, got {order}"):
+        build_lm([write_lines(tmp_path / "en.txt", ENGLISH)], tmp_path / "en.arpa", order=order)

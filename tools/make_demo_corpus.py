@@ -11,7 +11,8 @@ prosody; the test set depends only on ``--seed`` and ``--num_test``. Annotation
 paths start with ``--out_dir`` as given, so a relative one (the default) makes
 them relative to the folder this runs in: run it from the repository root.
 
-Writes (``<out>`` is ``--out_dir``, default ``dataset``):
+Writes (``<out>`` is ``--out_dir``, default ``dataset/demo_<lang>``, as ``make demo`` uses: not
+``dataset`` itself, whose annotation lists are the user's own):
   <out>/annotation/train.txt, test.txt   ``path<TAB>text`` (MASR annotation lists)
   <out>/audio/demo_<lang>/{train,test}/NNNNNN.wav   16 kHz mono 16-bit PCM
   <out>/audio/demo_<lang>/voices.tsv     path, split, voice, duration, prosody
@@ -283,8 +284,9 @@ def parse_args(argv=None):
     parser.add_argument('--num_test', type=int, default=200, help='test utterances')
     parser.add_argument('--seed', type=int, default=0,
                         help='fixes the sentences, voices and prosody')
-    parser.add_argument('--out_dir', default='dataset',
-                        help='annotation/, audio/demo_<lang>/ and lm_text_<lang>.txt go here')
+    parser.add_argument('--out_dir', default=None,
+                        help='annotation/, audio/demo_<lang>/ and lm_text_<lang>.txt go here '
+                             '(default: dataset/demo_<lang>, never your own dataset/annotation)')
     parser.add_argument('--num_workers', type=int, default=os.cpu_count() or 1,
                         help='utterances synthesized in parallel')
     parser.add_argument('--overwrite', action='store_true',
@@ -292,6 +294,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_test < 1:
         parser.error('--num_train and --num_test must be at least 1')
+    if args.out_dir is None:
+        args.out_dir = os.path.join('dataset', 'demo_' + args.lang)
     return args
 
 

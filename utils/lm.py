@@ -256,7 +256,7 @@ def build_lm(text_paths: Sequence[str | Path], output_path: str | Path, order: O
     start = time.perf_counter()
     texts = [s for path in text_paths for s in read_sentences(path)]
     unit = resolve_unit(unit, [t for t in (normalized_or_none(x) for x in texts[:10000]) if t])
-    order = order or DEFAULT_ORDERS[unit]
+    order = DEFAULT_ORDERS[unit] if order is None else order
     if not MIN_ORDER <= order <= MAX_ORDER:
         raise ValueError(f"order must be between {MIN_ORDER} and {MAX_ORDER}, got {order}")
     lines, excluded, skipped = prepare_lines(texts, unit, exclusion_keys(exclude_paths, unit))
