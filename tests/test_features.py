@@ -124,3 +124,21 @@ def test_band_limit_removes_the_power_above_it_on_both_paths(method):
         np.testing.assert_allclose(compute_features(samples, method, band_limit_hz=4000.0), limited, atol=1e-4)
     finally:
         feature_kernels.disable(False)
+
+
+@pytest.mark.parametrize("sample_rate,n_fft", [(16000, 512), (20480, 512), (22050, 1024), (44100, 2048),
+                                               (48000, 2048)])
+def test_fbank_above_20_khz_takes_a_longer_fft_on_both_paths(sample_rate, n_fft):
+    """A 25 ms window is longer than 512 samples above 20.48 kHz: fbank failed there on both paths."""
+    from utils import feature_kernels
+    from utils.features import fft_size, window_and_stride
+
+    assert fft_size("fbank", window_and_stride("fbank", sample_rate)[0]) == n_fft
+    samples = np.random.default_rng(5).standard_normal(sample_rate // 2).astype(np.float32) * 0.1
+    fast = compute_features(samples, "fbank", sample_rate)
+    assert fast.shape == (num_frames(len(samples), "fbank", sample_rate), 80) and np.isfinite(fast).all()
+    feature_kernels.disable()
+    try:
+        np.testing.assert_allclose(compute_features(samples, "fbank", sample_rate), fast, atol=1e-4)
+    finally:
+        feature_kernels.disable(False)

@@ -142,6 +142,14 @@ def power_spectrum(samples: np.ndarray, window: int, stride: int, n_fft: int) ->
     return spectrum.real ** 2 + spectrum.imag ** 2
 
 
+def fft_size(feature_method: str, window: int) -> int:
+    """The FFT length: the window for linear; for fbank FBANK_FFT_SIZE, or the next power of two where
+    the window is longer (a 25 ms window above 20.48 kHz: 22.05, 44.1 and 48 kHz audio)."""
+    if feature_method == "linear":
+        return window
+    return max(FBANK_FFT_SIZE, 1 << (window - 1).bit_length())
+
+
 def compute_features(samples: np.ndarray, feature_method: str = "linear", sample_rate: int = 16000,
                      n_mels: int = 80, band_limit_hz: float | None = None) -> np.ndarray:
     """samples [N] float32 -> feats [T, D] float32 (log scale, not normalized). band_limit_hz: the
@@ -149,7 +157,7 @@ def compute_features(samples: np.ndarray, feature_method: str = "linear", sample
     _check_method(feature_method)
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     window, stride = window_and_stride(feature_method, sample_rate)
-    n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
+    n_fft = fft_size(feature_method, window)
     weights = _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz)  # [D, n_fft // 2 + 1] or None
     feats = feature_kernels.log_power_features(samples, window, stride, n_fft, _hann(window), weights, LOG_FLOOR,
                                                _weights_bins(feature_method, sample_rate, n_fft, n_mels, band_limit_hz))
@@ -174,7 +182,7 @@ def front_end(feature_method: str, sample_rate: int = 16000, n_mels: int = 80,
     if settings is None:
         _check_method(feature_method)
         window, stride = window_and_stride(feature_method, sample_rate)
-        n_fft = window if feature_method == "linear" else FBANK_FFT_SIZE
+        n_fft = fft_size(feature_method, window)
         settings = feature_kernels.front_end(window, stride, n_fft, _hann(window),
                                              _weights(feature_method, sample_rate, n_fft, n_mels, band_limit_hz),
                                              LOG_FLOOR, _weights_bins(feature_method, sample_rate, n_fft, n_mels,
