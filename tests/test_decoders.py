@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.decoders import (ARPA_END_SEARCH_BYTES, beam_search_decode, decode, greedy_decode,
-                            greedy_decode_with_times, group_token_times, load_scorer)
+                            group_token_times, load_scorer)
 from utils.lm import build_lm
 
 VOCAB = ["<blank>", "<unk>", "<space>"] + list("abcdefghijklmnopqrstuvwxyz'")
@@ -107,9 +107,14 @@ def test_greedy_rejects_a_wrong_vocabulary_size():
 
 # ----------------------------------------------------------------------------- timestamps
 def test_greedy_times_span_the_frames_of_each_token():
+    """The greedy text's times (infer --timestamps, utils/transcribe.text_times) span its argmax runs."""
+    from utils.text import Vocabulary
+    from utils.transcribe import text_times
+
     c, a, t, sp, blank = ID["c"], ID["a"], ID["t"], ID["<space>"], ID["<blank>"]
     ids = [blank, c, c, a, blank, t, sp, ID["o"], ID["n"], ID["n"], blank]
-    times = greedy_decode_with_times(from_ids(ids), VOCAB, frame_shift_s=0.02)
+    text = greedy_decode(from_ids(ids)[None], np.array([len(ids)]), VOCAB)[0]
+    times = text_times(from_ids(ids), text, Vocabulary(VOCAB), frame_shift_s=0.02)
     assert [tok for tok, _, _ in times] == ["c", "a", "t", " ", "o", "n"]
     assert times[0] == ("c", pytest.approx(0.02), pytest.approx(0.06))
     assert times[-1] == ("n", pytest.approx(0.16), pytest.approx(0.20))

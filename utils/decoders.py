@@ -79,27 +79,6 @@ def greedy_decode(log_probs: np.ndarray, out_lens: np.ndarray, vocabulary: Seque
     return [_clean_text("".join(pieces[row[mask]])) for row, mask in zip(ids, keep)]
 
 
-def greedy_decode_with_times(log_probs_one: np.ndarray, vocabulary: Sequence[str],
-                             frame_shift_s: float, blank_id: int = 0) -> list[TokenTime]:
-    """Greedy decoding of one utterance with the time span of every emitted token.
-
-    log_probs_one [T, V] (only valid frames); frame_shift_s is the model's output frame
-    shift (feature hop x time stride of the convolutions). A token spans the run of
-    frames where it is the argmax: start = first frame x shift, end = (last frame + 1) x
-    shift. Spaces are kept as " " entries (group_token_times uses them); `<unk>` is dropped.
-    """
-    ids = np.asarray(log_probs_one).argmax(axis=1)  # [T]
-    if ids.size == 0:
-        return []
-    run_starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))  # [R]
-    run_ends = np.append(run_starts[1:], ids.size)  # [R]
-    run_ids = ids[run_starts]
-    pieces = _display_pieces(vocabulary)
-    keep = (run_ids != blank_id) & (pieces[run_ids] != "")
-    return [(pieces[tok], float(start * frame_shift_s), float(end * frame_shift_s))
-            for tok, start, end in zip(run_ids[keep], run_starts[keep], run_ends[keep])]
-
-
 def _words_from_tokens(token_times: Sequence[TokenTime]) -> list[TokenTime]:
     """Merge characters between spaces into words: (word, first start, last end)."""
     words: list[TokenTime] = []
