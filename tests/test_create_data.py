@@ -437,3 +437,20 @@ def test_an_output_path_that_cannot_be_written_stops_before_the_work(tmp_path):
         with pytest.raises(DataPrepError, match=message):
             create_data(prep_config(tmp_path, listing, **{key: value}))
         assert not (tmp_path / "out" / "manifest.train").exists()
+
+
+def test_to_simplified_converts_transcripts_or_stops_before_the_work(tmp_path, monkeypatch):
+    """Without OpenCC every line was skipped one by one, ending in 'no usable training utterance'."""
+    import sys
+
+    import utils.text
+
+    listing = write_text(tmp_path / "in.txt", [f"{write_tone(tmp_path / 'a.wav', 0.5)}\t今天天氣很好"])
+    create_data(prep_config(tmp_path, listing, **{"prep.to_simplified": True, "prep.test_every": 0}))
+    assert [json.loads(line)["text"] for line in (tmp_path / "out" / "manifest.train").read_text().splitlines()] \
+        == ["今天天气很好"]
+
+    monkeypatch.setattr(utils.text, "_OPENCC", None)
+    monkeypatch.setitem(sys.modules, "opencc", None)
+    with pytest.raises(DataPrepError, match="needs OpenCC: pip install opencc-python-reimplemented"):
+        create_data(prep_config(tmp_path, listing, **{"prep.to_simplified": True}))

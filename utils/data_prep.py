@@ -37,7 +37,7 @@ from utils.config import Config, PrepConfig
 from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feature_dim, num_frames, save_mean_std
 from utils.kept import KeptTable, raw_lines, rows_in_order
 from utils.manifest import Utterance, resolve_audio_path, write_manifest
-from utils.text import Vocabulary
+from utils.text import TextError, Vocabulary, check_to_simplified
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 STATS_CHUNK = 8  # utterances per statistics task
@@ -126,6 +126,11 @@ def _check_config(cfg: Config) -> None:
         raise DataPrepError(f"num_samples is {cfg.prep.num_samples}; use -1 (all) or a positive count")
     if cfg.prep.test_every < 0 or cfg.prep.max_test < 0:
         raise DataPrepError("prep.test_every and prep.max_test must be >= 0 (0 turns the split off)")
+    if cfg.prep.to_simplified:
+        try:
+            check_to_simplified()
+        except TextError as err:
+            raise DataPrepError(f"{err} (or drop --to_simplified)") from None
     _check_outputs(cfg)
 
 

@@ -81,7 +81,9 @@ def reference_text(text: str) -> str:
 _OPENCC = None
 
 
-def _to_simplified(text: str) -> str:
+def check_to_simplified() -> None:
+    """Raise TextError (saying what to install) when the traditional -> simplified converter is missing;
+    called before a run that converts, so the run stops at once instead of rejecting every line."""
     global _OPENCC
     if _OPENCC is None:
         try:
@@ -89,6 +91,10 @@ def _to_simplified(text: str) -> str:
         except ImportError:
             raise TextError("to_simplified needs OpenCC: pip install opencc-python-reimplemented") from None
         _OPENCC = opencc.OpenCC("t2s")
+
+
+def _to_simplified(text: str) -> str:
+    check_to_simplified()
     return _OPENCC.convert(text)
 
 
