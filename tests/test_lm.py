@@ -168,3 +168,64 @@ def test_an_order_out_of_range_is_refused_zero_included(tmp_path, order):
     """--order 0 built the default order silently (0 read as 'not given')."""
     with pytest.raises(ValueError, match=rf"order must be between 2 and \d+, got {order}"):
         build_lm([write_lines(tmp_path / "en.txt", ENGLISH)], tmp_path / "en.arpa", order=order)
+
+
+def test_text_in_utf16_or_with_old_line_ends_is_read_and_other_encodings_are_named(tmp_path):
+    """build_lm read UTF-8 with LF only: Notepad's UTF-16 aborted with a bare UnicodeDecodeError."""
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("今天天气很好\r\n我们去公园玩\r\n".encode("utf-16"))
+    assert read_sentences(utf16) == ["今天天气很好", "我们去公园玩"]
+    old_mac = tmp_path / "cr.txt"
+    old_mac.write_bytes(b"the cat\rthe dog\r")
+    assert read_sentences(old_mac) == ["the cat", "the dog"]
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("the cat\n".encode() + "今天天气很好\n".encode("gbk"))
+    with pytest.raises(ValueError, match=r"gbk.txt:2: not UTF-8 text; re-save the file as UTF-8"):
+        build_lm([gbk], tmp_path / "gbk.arpa")
+
+
+def test_a_binary_of_an_earlier_build_never_outlives_its_arpa(tmp_path, monkeypatch):
+    """A rebuild without build_binary left the old .klm beside the new .arpa, and decoders prefer it."""
+    stale = tmp_path / "en.klm"
+    stale.write_text("old model")
+    result = build_lm([write_lines(tmp_path / "en.txt", ENGLISH)], tmp_path / "en.arpa", make_binary=False)
+    assert result.binary_path is None and not stale.exists()
+    assert f"(no binary asked for; removed {stale}, the binary of an earlier build)" in result.summary()
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    failing = bin_dir / "build_binary"
+    failing.write_text("#!/bin/sh\necho 'out of memory' >&2\nexit 3\n")
+    failing.chmod(failing.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    stale.write_text("old model")
+    with pytest.raises(RuntimeError, match=r"exit 3\); the ARPA model is usable as it is; removed .*en.klm"):
+        build_lm([tmp_path / "en.txt"], tmp_path / "en.arpa")
+    assert not stale.exists() and (tmp_path / "en.arpa").is_file()
+
+
+def test_to_simplified_converts_traditional_text_or_says_what_to_install(tmp_path, monkeypatch):
+    import utils.text
+
+    corpus = write_lines(tmp_path / "zh.txt", ["今天天氣很好", "我們去公園玩"])
+    result = build_lm([corpus], tmp_path / "zh.arpa", to_simplified=True)
+    _, entries = arpa_sections(result.arpa_path)
+    unigrams = {entry[1] for entry in entries[1]}
+    assert {"气", "们", "园"} <= unigrams and not {"氣", "們", "園"} & unigrams
+
+    monkeypatch.setattr(utils.text, "_OPENCC", None)
+    monkeypatch.setitem(sys.modules, "opencc", None)  # import opencc now raises ImportError
+    with pytest.raises(ValueError, match="to_simplified needs OpenCC: pip install opencc-python-reimplemented"):
+        build_lm([corpus], tmp_path / "zh.arpa", to_simplified=True)
+
+
+def test_cli_default_exclude_is_the_test_manifest_beside_the_manifest_given(tmp_path):
+    """The default --exclude was dataset/manifest.test whatever --manifest_path said."""
+    (tmp_path / "data").mkdir()
+    lines = [json.dumps({"audio_filepath": f"{i}.wav", "duration": 1.0, "text": t}) for i, t in enumerate(ENGLISH)]
+    write_lines(tmp_path / "data" / "manifest.train", lines)
+    write_lines(tmp_path / "data" / "manifest.test", lines[:3])
+    proc = run_cli("--manifest_path", "data/manifest.train", "--no_binary", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "exclude: ['data/manifest.test']" in proc.stdout
+    assert "3 sentences (3 excluded, 1 skipped)" in proc.stdout.strip().splitlines()[-1]

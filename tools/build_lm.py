@@ -18,7 +18,7 @@ from utils.lm import (DEFAULT_ORDERS, DEFAULT_UNK_LOG10_PROB, MAX_ORDER, MIN_ORD
                       UNITS, build_lm)
 
 DEFAULT_MANIFEST = "dataset/manifest.train"
-DEFAULT_EXCLUDE = "dataset/manifest.test"
+TEST_MANIFEST_NAME = "manifest.test"  # create_data's test manifest, next to manifest.train
 DEFAULT_LM_DIR = "lm"
 DEFAULT_NAME = "train"
 
@@ -31,13 +31,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="corpus files instead: plain text (one sentence per line), manifests or "
                              "MASR annotation lists (path<TAB>text)")
     parser.add_argument("--exclude", nargs="*", metavar="FILE", default=None,
-                        help=f"sentences to leave out, same formats (default: {DEFAULT_EXCLUDE} when it "
-                             f"exists, so test sentences never leak into the LM; --exclude alone: none)")
+                        help=f"sentences to leave out, same formats (default: {TEST_MANIFEST_NAME} in the "
+                             f"folder of --manifest_path when it exists, so test sentences never leak into "
+                             f"the LM; --exclude alone: none)")
     parser.add_argument("--unit", choices=UNITS, default="auto",
                         help="word (English), char (Chinese) or auto (char when most characters are CJK)")
     parser.add_argument("--order", type=int, default=None,
                         help=f"n-gram order, {MIN_ORDER}..{MAX_ORDER} (default: {DEFAULT_ORDERS['word']} "
                              f"for words, {DEFAULT_ORDERS['char']} for characters)")
+    parser.add_argument("--to_simplified", action="store_true",
+                        help="convert traditional Chinese to simplified (needs OpenCC), as create_data "
+                             "--to_simplified does for the transcripts")
     parser.add_argument("--unk_log10_prob", type=float, default=DEFAULT_UNK_LOG10_PROB,
                         help="log10 probability of the <unk> unigram added to the model")
     parser.add_argument("--lm_dir", default=DEFAULT_LM_DIR, help="output folder")
@@ -50,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.exclude is None:
-        args.exclude = [DEFAULT_EXCLUDE] if Path(DEFAULT_EXCLUDE).is_file() else []
+        test_manifest = Path(args.manifest_path).with_name(TEST_MANIFEST_NAME)
+        args.exclude = [str(test_manifest)] if test_manifest.is_file() else []
     print("build_lm configuration:")
     for key, value in vars(args).items():
         print(f"  {key}: {value}")
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = args.text or [args.manifest_path]
     result = build_lm(sources, Path(args.lm_dir) / f"{args.name}.arpa", order=args.order, unit=args.unit,
                       exclude_paths=args.exclude, unk_log10_prob=args.unk_log10_prob,
-                      make_binary=not args.no_binary)
+                      make_binary=not args.no_binary, to_simplified=args.to_simplified)
     print(result.summary())
     return 0
 

@@ -149,7 +149,7 @@ def _parser_for(path: Path) -> Callable[[Path], Iterator[ParsedLine]]:
     return _read_masr
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+def decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
     """(line_no, text or None when not UTF-8, raw text for reports); blank lines are left out."""
     for line_no, data in enumerate(_file_lines(path), 1):
         try:
@@ -186,7 +186,7 @@ def _not_utf8() -> LineError:
 
 
 def _read_masr(path: Path) -> Iterator[ParsedLine]:
-    for line_no, line, raw in _decoded_lines(path):
+    for line_no, line, raw in decoded_lines(path):
         if line is None:
             yield line_no, _not_utf8(), raw
             continue
@@ -200,7 +200,7 @@ def _read_masr(path: Path) -> Iterator[ParsedLine]:
 
 
 def _read_json_lines(path: Path) -> Iterator[ParsedLine]:
-    for line_no, line, raw in _decoded_lines(path):
+    for line_no, line, raw in decoded_lines(path):
         if line is None:
             yield line_no, _not_utf8(), raw
             continue
@@ -226,7 +226,7 @@ def _parse_json(line: str) -> tuple[str, str] | LineError:
 
 def _read_csv(path: Path) -> Iterator[ParsedLine]:
     columns: tuple[int, int] | None = None
-    for line_no, line, raw in _decoded_lines(path):
+    for line_no, line, raw in decoded_lines(path):
         if line is None:
             yield line_no, _not_utf8(), raw
             continue

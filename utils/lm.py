@@ -32,7 +32,8 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from utils.text import UNK, TextError, is_cjk, normalize_text
+from utils.annotations import decoded_lines
+from utils.text import UNK, TextError, check_to_simplified, is_cjk, normalize_text
 
 UNITS = ("word", "char", "auto")
 DEFAULT_ORDERS = {"word": 3, "char": 5}
@@ -60,26 +61,22 @@ class LmBuildResult:
     num_skipped: int
     ngram_counts: list[int]
     seconds: float
+    no_binary_reason: str = ""  # why binary_path is None
 
     def summary(self) -> str:
         counts = " ".join(f"{n + 1}-grams={c}" for n, c in enumerate(self.ngram_counts))
-        binary = f", binary {self.binary_path}" if self.binary_path else \
-            f" (no {BUILD_BINARY} on PATH: no binary written)"
+        binary = f", binary {self.binary_path}" if self.binary_path else f" ({self.no_binary_reason})"
         return (f"built {self.unit} {self.order}-gram LM {self.arpa_path}{binary}: {self.num_sentences} "
                 f"sentences ({self.num_excluded} excluded, {self.num_skipped} skipped), {counts}, "
                 f"{self.seconds:.1f} s")
 
 
 # ----------------------------------------------------------------------------- reading text
-def _detect_format(path: Path) -> str:
-    """'manifest' (JSON lines), 'annotation' (path<TAB>text) or 'plain', from the first line."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                if line.lstrip().startswith("{"):
-                    return "manifest"
-                return "annotation" if "\t" in line else "plain"
-    return "plain"
+def _detect_format(first_line: str) -> str:
+    """'manifest' (JSON lines), 'annotation' (path<TAB>text) or 'plain', from the first non-empty line."""
+    if first_line.lstrip().startswith("{"):
+        return "manifest"
+    return "annotation" if "\t" in first_line else "plain"
 
 
 def _line_text(line: str, fmt: str, path: Path, line_no: int) -> str:
@@ -98,16 +95,22 @@ def _line_text(line: str, fmt: str, path: Path, line_no: int) -> str:
 
 
 def read_sentences(path: str | Path) -> list[str]:
-    """The raw sentences of a manifest, annotation list or plain text file (empty lines skipped)."""
+    """The raw sentences of a manifest, annotation list or plain text file (empty lines skipped).
+
+    Lines end in LF, CRLF or a lone CR; UTF-8 (with or without BOM) and UTF-16 with a BOM are read,
+    anything else is refused naming the first line that is not UTF-8.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
-    fmt = _detect_format(path)
+    fmt = None
     sentences = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                sentences.append(_line_text(line.rstrip("\r\n"), fmt, path, line_no))
+    for line_no, line, _ in decoded_lines(path):
+        if line is None:
+            raise ValueError(f"{path}:{line_no}: not UTF-8 text; re-save the file as UTF-8 "
+                             f"(e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix})")
+        fmt = fmt or _detect_format(line)
+        sentences.append(_line_text(line, fmt, path, line_no))
     return sentences
 
 
@@ -135,15 +138,16 @@ def tokenize(text: str, unit: str) -> str:
     return " ".join(text.split()) if unit == "word" else " ".join("".join(text.split()))
 
 
-def normalized_or_none(text: str) -> Optional[str]:
+def normalized_or_none(text: str, to_simplified: bool = False) -> Optional[str]:
     """normalize_text(text), or None when the text cannot be modelled."""
     try:
-        return normalize_text(text)
+        return normalize_text(text, to_simplified)
     except TextError:
         return None
 
 
-def prepare_lines(texts: Sequence[str], unit: str, exclude: set[str]) -> tuple[list[str], int, int]:
+def prepare_lines(texts: Sequence[str], unit: str, exclude: set[str],
+                  to_simplified: bool = False) -> tuple[list[str], int, int]:
     """Tokenized training lines, minus excluded ones. exclude holds tokenize()d keys.
 
     Returns (lines, number excluded, number skipped because normalization rejected them).
@@ -151,7 +155,7 @@ def prepare_lines(texts: Sequence[str], unit: str, exclude: set[str]) -> tuple[l
     lines: list[str] = []
     excluded = skipped = 0
     for text in tqdm(texts, desc="preparing text", unit="sent"):
-        norm = normalized_or_none(text)
+        norm = normalized_or_none(text, to_simplified)
         if norm is None:
             skipped += 1
             continue
@@ -163,12 +167,12 @@ def prepare_lines(texts: Sequence[str], unit: str, exclude: set[str]) -> tuple[l
     return lines, excluded, skipped
 
 
-def exclusion_keys(paths: Sequence[str | Path], unit: str) -> set[str]:
+def exclusion_keys(paths: Sequence[str | Path], unit: str, to_simplified: bool = False) -> set[str]:
     """Tokenized normalized sentences of the files to exclude (e.g. the test manifest)."""
     keys = set()
     for path in paths:
         for text in read_sentences(path):
-            norm = normalized_or_none(text)
+            norm = normalized_or_none(text, to_simplified)
             if norm is not None:
                 keys.add(tokenize(norm, unit))
     return keys
@@ -228,44 +232,63 @@ def write_arpa(counts, path: Path, unk_log10_prob: float) -> list[int]:
     return ngram_counts
 
 
-def build_binary(arpa_path: Path) -> Optional[Path]:
-    """KenLM binary next to the ARPA file when build_binary is on PATH, else None."""
-    exe = shutil.which(BUILD_BINARY)
-    if exe is None:
-        return None
+def _remove_stale_binary(binary: Path) -> str:
+    """Delete a binary left by an earlier build of the same name: it holds the old model, not the new ARPA."""
+    if binary.exists():
+        binary.unlink()
+        return f"; removed {binary}, the binary of an earlier build"
+    return ""
+
+
+def build_binary(arpa_path: Path, make_binary: bool = True) -> tuple[Optional[Path], str]:
+    """(KenLM binary next to the ARPA file, or None and why not). A binary there from an earlier build
+    is replaced, or deleted when no new one is made, so a .klm never disagrees with its .arpa."""
     binary = arpa_path.with_suffix(BINARY_SUFFIX)
+    exe = shutil.which(BUILD_BINARY)
+    if not make_binary or exe is None:
+        reason = "no binary asked for" if not make_binary else f"no {BUILD_BINARY} on PATH: no binary written"
+        return None, reason + _remove_stale_binary(binary)
     tmp = binary.with_name(binary.name + ".tmp")
     proc = subprocess.run([exe, BINARY_DATA_STRUCTURE, str(arpa_path), str(tmp)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
+        removed = _remove_stale_binary(binary)
         raise RuntimeError(f"{exe} failed on {arpa_path} (exit {proc.returncode}); the ARPA model is "
-                           f"usable as it is. {BUILD_BINARY} said:\n{proc.stderr[-2000:]}")
+                           f"usable as it is{removed}. {BUILD_BINARY} said:\n{proc.stderr[-2000:]}")
     os.replace(tmp, binary)
-    return binary
+    return binary, ""
 
 
 def build_lm(text_paths: Sequence[str | Path], output_path: str | Path, order: Optional[int] = None,
              unit: str = "auto", exclude_paths: Sequence[str | Path] = (),
-             unk_log10_prob: float = DEFAULT_UNK_LOG10_PROB, make_binary: bool = True) -> LmBuildResult:
+             unk_log10_prob: float = DEFAULT_UNK_LOG10_PROB, make_binary: bool = True,
+             to_simplified: bool = False) -> LmBuildResult:
     """Train a Kneser-Ney n-gram LM on the sentences of text_paths and write it as ARPA.
 
     order None picks DEFAULT_ORDERS[unit]. Sentences found in exclude_paths (after the same
-    normalization) are left out, so test sentences never leak into the LM.
+    normalization) are left out, so test sentences never leak into the LM. to_simplified converts
+    traditional Chinese to simplified, as create_data's to_simplified does for the transcripts.
     """
     start = time.perf_counter()
+    if to_simplified:
+        try:
+            check_to_simplified()
+        except TextError as err:
+            raise ValueError(f"{err} (or drop --to_simplified)") from None
     texts = [s for path in text_paths for s in read_sentences(path)]
-    unit = resolve_unit(unit, [t for t in (normalized_or_none(x) for x in texts[:10000]) if t])
+    unit = resolve_unit(unit, [t for t in (normalized_or_none(x, to_simplified) for x in texts[:10000]) if t])
     order = DEFAULT_ORDERS[unit] if order is None else order
     if not MIN_ORDER <= order <= MAX_ORDER:
         raise ValueError(f"order must be between {MIN_ORDER} and {MAX_ORDER}, got {order}")
-    lines, excluded, skipped = prepare_lines(texts, unit, exclusion_keys(exclude_paths, unit))
+    lines, excluded, skipped = prepare_lines(texts, unit, exclusion_keys(exclude_paths, unit, to_simplified),
+                                             to_simplified)
     if not lines:
         raise ValueError(f"no sentences left to train on from {', '.join(map(str, text_paths))} "
                          f"({excluded} excluded, {skipped} skipped by normalization)")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     ngram_counts = write_arpa(count_ngrams(lines, order), output_path, unk_log10_prob)
-    binary = build_binary(output_path) if make_binary else None
+    binary, no_binary_reason = build_binary(output_path, make_binary)
     return LmBuildResult(output_path, binary, unit, order, len(lines), excluded, skipped,
-                         ngram_counts, time.perf_counter() - start)
+                         ngram_counts, time.perf_counter() - start, no_binary_reason)
