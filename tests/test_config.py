@@ -194,3 +194,18 @@ def test_script_defaults_and_aliases():
                 aliases={"resume_model": "eval.result_path"})
     assert cfg.data.num_workers == 0 and cfg.eval.result_path == "models/best"
     assert cfg.train.resume_model is None
+
+
+def test_help_lists_the_values_of_the_yaml_a_run_starts_from(tmp_path, capsys):
+    """--help listed the built-in defaults (rnn_size 256) where train.py runs with conf/deepspeech2.yml's."""
+    yml = tmp_path / "big.yml"
+    yml.write_text("model:\n  rnn_size: 1024\n")
+    with pytest.raises(SystemExit):
+        parse_args("train", default_config=str(yml), argv=["--help"])
+    shown = capsys.readouterr().out
+    assert f"config keys, with the values from {yml}" in shown and "--model.rnn_size=1024 " in shown
+    with pytest.raises(SystemExit):
+        parse_args("train", default_config=str(yml), argv=["--configs", str(tmp_path / "none.yml"), "-h"])
+    shown = capsys.readouterr().out
+    assert "with the defaults (config file" in shown and "does not exist" in shown
+    assert f"--model.rnn_size={Config().model.rnn_size} " in shown

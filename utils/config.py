@@ -104,7 +104,9 @@ class TrainConfig:
     max_nan_in_row: int = _key(10, "stop after this many batches in a row with a non-finite loss or gradient")
     seed: int = _key(1000, "random seed (weights, shuffling, augmentation)")
     deterministic: bool = _key(False, "deterministic kernels and single-thread loading, for reproducible runs")
-    resume_model: Optional[str] = _key(None, "resume from this model folder (default: last_model if present)")
+    resume_model: Optional[str] = _key(None, "train.py: resume from this model folder (default: last_model if "
+                                             "present); eval.py, tools/tune.py: the model to evaluate (default: "
+                                             "as infer.model_path)")
     pretrained_model: Optional[str] = _key(None, "fine-tune: load matching weights from this model folder")
 
 
@@ -143,7 +145,8 @@ class EvalConfig:
 @dataclass
 class InferConfig:
     wav_path: str = _key("dataset/test.wav", "a wav file, a folder of audio, or a list file")
-    model_path: Optional[str] = _key(None, "model folder or exported model (default: models/<use_model>/best_model)")
+    model_path: Optional[str] = _key(None, "model folder or exported model (default: models/<use_model>/infer "
+                                           "when exported from the current best_model, else best_model)")
     is_long_audio: bool = _key(False, "split at silences and decode piece by piece")
     timestamps: bool = _key(False, "print word (English) or character (Chinese) times")
     runtime: str = _key("onnx", "exported models (infer, eval, tune): onnx (ONNX Runtime) or paddle (Paddle Inference)")
@@ -320,12 +323,25 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(to_yaml(cfg), encoding="utf-8")
 
 
-def _help_epilog() -> str:
+def _help_epilog(argv: list[str], default_config: str | None, defaults: dict | None) -> str:
+    """The keys with the values a run would start from: the built-in defaults, the script's, then the
+    YAML file (--configs, or the script's default file); built only when help is asked for."""
+    if "-h" not in argv and "--help" not in argv:
+        return ""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--configs", default=default_config)
+    yaml_path = pre.parse_known_args(argv)[0].configs
+    source = f"the values from {yaml_path}" if yaml_path else "the defaults"
+    try:
+        cfg = _build(Config(), defaults, yaml_path, [])
+    except ConfigError as err:
+        cfg, source = _build(Config(), defaults, None, []), f"the defaults ({err})"
     rows = []
-    for section_name, section in _sections(Config()).items():
+    for section_name, section in _sections(cfg).items():
         for f in dataclasses.fields(section):
             rows.append(f"  --{section_name}.{f.name}={getattr(section, f.name)!r}  {f.metadata['help']}")
-    return "config keys (bare names work when unique, e.g. --batch_size=16):\n" + "\n".join(rows)
+    return (f"config keys, with {source} (bare names work when unique, e.g. --batch_size=16):\n"
+            + "\n".join(rows))
 
 
 def parse_args(description: str, default_config: str | None, argv: list[str] | None = None,
@@ -338,11 +354,12 @@ def parse_args(description: str, default_config: str | None, argv: list[str] | N
     (eval.py and infer.py start from the config saved with the model); the YAML and the
     command line are applied on top of it again.
     """
-    parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(),
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(argv, default_config, defaults),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=default_config, help="YAML config file")
     parser.add_argument("--print_config", action="store_true", help="print the effective config and exit")
-    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    known, rest = parser.parse_known_args(argv)
     pairs = [((aliases or {}).get(k, k), v) for k, v in _cli_pairs(rest)]
     cfg = _build(Config(), defaults, known.configs, pairs)
     base = base_config(cfg) if base_config else None
