@@ -289,6 +289,8 @@ def test_misspelt_param_is_a_clear_error_at_load_time(tmp_path):
     ({"type": "speed", "params": {"min_rate": 0}}, r"min_rate must be above 0"),
     ({"type": "speed", "params": {"min_rate": 1.2, "max_rate": 1.1}}, r"min_rate 1.2 is above max_rate 1.1"),
     ({"type": "resample", "params": {"rates": [0]}}, r"rates must be above 0"),
+    ({"type": "resample", "params": {"rates": [8000, 16000]}},  # soxr: a no-op; the band limit: a cut at 8 kHz
+     r"rates \[8000, 16000\] must all be below the sample rate 16000"),
     ({"type": "speed", "prob": 2}, r"prob must be a number in \[0, 1\], got 2"),
     ({"type": "speed", "probability": 0.5}, r"expected an object with the keys"),
     ({"type": "specaugment", "params": {"freq_masks": "two"}}, r"freq_masks must be a number"),

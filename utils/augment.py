@@ -373,6 +373,11 @@ def load_augmentation(path: str | None, noise_paths: list[str] = (), sample_rate
             raise ValueError(f"{path}: entry {number} has unknown type '{kind}'; known types: {known}")
         function = AUDIO_AUGMENTORS.get(kind) or FEATURE_AUGMENTORS[kind]
         _check_params(path, number, kind, function, params)
+        if kind == "resample":
+            rates = params.get("rates", _RESAMPLE_DEFAULTS["rates"])
+            if any(rate >= params["sample_rate"] for rate in rates):
+                raise ValueError(f"{path}: entry {number} ('resample'): rates {list(rates)} must all be below the "
+                                 f"sample rate {params['sample_rate']}; a rate at or above it limits no band")
         (augmentation.audio if kind in AUDIO_AUGMENTORS else augmentation.feature).append((function, params, prob))
     return augmentation
 
