@@ -147,20 +147,19 @@ def greedy_figures(runners: dict, batches: list, tokens: list, audio_s: float, r
     return out
 
 
-def eval_path(runner, dataset, batch_size: int, num_workers: int, tokens: list, cfg, audio_s: float,
-              repeats: int) -> dict:
-    """evaluate() as eval.py runs it: loader (audio + features), forward, greedy decoding, metrics;
-    also with numpy's BLAS on 1 thread (forked loader workers inherit it), alternating."""
+def eval_path(runner, dataset, batch_size: int, tokens: list, cfg, audio_s: float, repeats: int) -> dict:
+    """evaluate() as eval.py runs it: loader (audio + features in a thread), forward, greedy decoding,
+    metrics; also with numpy's BLAS on 1 thread, alternating."""
     from utils.evaluate import evaluate, make_decode_fn, make_eval_loader, runner_forward
 
     decode_fn = make_decode_fn("ctc_greedy", cfg.decode, tokens)
-    loader = make_eval_loader(dataset, batch_size, num_workers)
+    loader = make_eval_loader(dataset, batch_size)
     seconds = {None: [], 1: []}
     for _ in range(repeats):
         for blas in seconds:
             with blas_threads(blas):
                 seconds[blas] += timed(lambda: evaluate(runner_forward(runner), loader, "cer", decode_fn), 1, 0)
-    return {"num_workers": num_workers, "ms_per_audio_s": per_audio_second(seconds[None], audio_s),
+    return {"loader": "thread", "ms_per_audio_s": per_audio_second(seconds[None], audio_s),
             "ms_per_audio_s_blas_1": per_audio_second(seconds[1], audio_s)}
 
 
@@ -350,8 +349,8 @@ def measure(args, work: Path, n_utts: int, n_beam: int, repeats: int) -> dict:
         out["greedy"] = greedy_figures(runners, batches, tokens, audio_s, repeats)
     if "eval" not in args.skip:
         log("eval path")
-        out["eval_path"] = {name: eval_path(runners[name], dataset, cfg.train.batch_size, cfg.data.num_workers,
-                                            tokens, cfg, audio_s, repeats)
+        out["eval_path"] = {name: eval_path(runners[name], dataset, cfg.train.batch_size, tokens, cfg,
+                                            audio_s, repeats)
                             for name in ("onnx", "exported_onednn", "exported_1_thread", "checkpoint")}
     if "beam" not in args.skip:
         lm_path, lm_source = pick_lm(args.lang_model_path, corpus, work)

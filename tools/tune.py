@@ -33,7 +33,7 @@ def tune(cfg, folder: Path) -> str:
                          f"written by create_data.py")
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     forward, probs = runner_forward(runner), {}
-    for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size, 0):
+    for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size):
         log_probs, out_lens, _ = forward(feats, feat_lens, labels, label_lens)
         for row, index in enumerate(np.asarray(indices)):
             probs[int(index)] = np.exp(log_probs[row, :out_lens[row]])

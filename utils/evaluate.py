@@ -11,7 +11,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils import batch_workers, cpu_kernels
-from utils.data import SpeechDataset, longest_frames, make_batch
+from utils.data import SpeechDataset, make_batch
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
 from utils.model import log_softmax
@@ -43,24 +43,22 @@ def sorted_batches(utterances: list[Utterance], batch_size: int) -> list[list[in
 
 class EvalLoader:
     """A test set's batches in duration order, made afresh on each iteration by a thread of this process
-    (num_workers 0) or by our worker processes (utils/batch_workers.py): a sample's error (a missing
-    or corrupt audio file) is raised to the caller, naming the file; Paddle's in-process DataLoader hung
-    on it."""
+    (batch_workers.thread_batches): a sample's error (a missing or corrupt audio file) is raised to the
+    caller, naming the file; Paddle's in-process DataLoader hung on it. No worker process: a test set's
+    features cost a small share of the forward and decoding, and a forked worker cost more than it saved
+    (evaluate() with ONNX Runtime on 2 cores: 1.70 against 2.03 ms per audio second with one worker over
+    480 utterances, 1.73 against 2.86 over 64, where the worker's start dominates)."""
 
-    def __init__(self, dataset: SpeechDataset, batch_size: int, num_workers: int):
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+    def __init__(self, dataset: SpeechDataset, batch_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
 
     def __iter__(self):
         keys = sorted_batches(self.dataset.utterances, self.batch_size)
-        make = functools.partial(make_batch, self.dataset)
-        if self.num_workers <= 0:
-            return batch_workers.thread_batches(make, keys)
-        size = batch_workers.slot_bytes(self.batch_size, longest_frames(self.dataset), self.dataset.dim)
-        return batch_workers.worker_batches(make, iter(keys), self.num_workers, size)
+        return batch_workers.thread_batches(functools.partial(make_batch, self.dataset), keys)
 
 
-def make_eval_loader(dataset: SpeechDataset, batch_size: int, num_workers: int) -> EvalLoader:
-    return EvalLoader(dataset, batch_size, num_workers)
+def make_eval_loader(dataset: SpeechDataset, batch_size: int) -> EvalLoader:
+    return EvalLoader(dataset, batch_size)
 
 
 def ctc_loss_per_utterance(logits, out_lens, labels, label_lens, fused: bool = False) -> paddle.Tensor:
@@ -166,7 +164,7 @@ def run_eval(cfg, model_folder: Path) -> str:
     if not utterances:
         raise ValueError(f"{cfg.data.test_manifest} holds no utterances")
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
-    loader = make_eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers)
+    loader = make_eval_loader(dataset, cfg.train.batch_size)
     decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
     result = evaluate(runner_forward(runner), loader, cfg.train.metrics_type, decode_fn, progress=True)
     other = "wer" if result.metric == "cer" else "cer"

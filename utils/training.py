@@ -212,11 +212,10 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
                 model=model, optimizer=optimizer, scaler=scaler, train_set=train_set, sampler=sampler,
                 batches=None,  # started at the first epoch: one loader iterator for the whole run
-                # in this process: the training loader may keep a thread busy across epochs (ours with
-                # num_workers 0, Paddle's reader with data.loader=paddle), and forking an eval worker beside
-                # a busy thread can hang the child on a lock that thread held (this process is as fast:
-                # demo test set, 2.0-2.3 s against 2.3 s with a worker)
-                test_loader=make_eval_loader(test_set, t.batch_size, 0), log=log,
+                # a thread of this process (EvalLoader): no eval worker forked beside the training loader's
+                # busy thread (ours with num_workers 0, Paddle's reader with data.loader=paddle), whose
+                # locks a forked child could find held
+                test_loader=make_eval_loader(test_set, t.batch_size), log=log,
                 state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
                 epoch_padding=[], placement=run_placement, malloc_note=malloc_note,
                 interrupts=_Interrupts())  # its handler is installed by _loop
