@@ -130,7 +130,7 @@ def _check_config(cfg: Config) -> None:
         try:
             check_to_simplified()
         except TextError as err:
-            raise DataPrepError(f"{err} (or drop --to_simplified)") from None
+            raise DataPrepError(str(err)) from None
     _check_outputs(cfg)
 
 

@@ -272,10 +272,7 @@ def build_lm(text_paths: Sequence[str | Path], output_path: str | Path, order: O
     """
     start = time.perf_counter()
     if to_simplified:
-        try:
-            check_to_simplified()
-        except TextError as err:
-            raise ValueError(f"{err} (or drop --to_simplified)") from None
+        check_to_simplified()  # a TextError (a ValueError) saying what to install, before any work
     texts = [s for path in text_paths for s in read_sentences(path)]
     unit = resolve_unit(unit, [t for t in (normalized_or_none(x, to_simplified) for x in texts[:10000]) if t])
     order = DEFAULT_ORDERS[unit] if order is None else order

@@ -89,7 +89,8 @@ def check_to_simplified() -> None:
         try:
             import opencc  # opencc-python-reimplemented
         except ImportError:
-            raise TextError("to_simplified needs OpenCC: pip install opencc-python-reimplemented") from None
+            raise TextError("to_simplified needs OpenCC: pip install opencc-python-reimplemented "
+                            "(or drop --to_simplified)") from None
         _OPENCC = opencc.OpenCC("t2s")
 
 
