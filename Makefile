@@ -12,6 +12,7 @@ PADDLE_RANGE ?= >=2.6,<4
 # The range only follows a bare package name: PADDLE=paddlepaddle-gpu==3.0.0, a path or a URL is used as given.
 PADDLE_SPEC = $(PADDLE)$(if $(findstring =,$(PADDLE))$(findstring <,$(PADDLE))$(findstring >,$(PADDLE))$(findstring /,$(PADDLE))$(findstring .whl,$(PADDLE)),,$(PADDLE_RANGE))
 PADDLE_SPEC_FILE := $(VENV)/.paddle_spec
+PADDLE_CHANGED = { test -f $(PADDLE_SPEC_FILE) && test "$$(cat $(PADDLE_SPEC_FILE))" != '$(PADDLE_SPEC)'; }
 DEMO_LANG ?= en
 PYTEST_ARGS ?=
 DEMO_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh g++
@@ -20,17 +21,16 @@ TEST_APT := espeak-ng flite sox wordnet-base fortunes-min fortunes fortunes-zh c
 .PHONY: setup demo test bench lm clean-demo system-deps-demo system-deps-test
 
 setup: $(VENV)/.stamp
-	@test ! -f $(PADDLE_SPEC_FILE) || test "$$(cat $(PADDLE_SPEC_FILE))" = '$(PADDLE_SPEC)' || { \
+	@if $(PADDLE_CHANGED); then \
 	  echo "setup: PADDLE is now '$(PADDLE_SPEC)', was '$$(cat $(PADDLE_SPEC_FILE))': reinstalling paddle"; \
 	  $(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu && $(PY) -m pip install -q '$(PADDLE_SPEC)' && \
-	  echo '$(PADDLE_SPEC)' > $(PADDLE_SPEC_FILE); }
+	  echo '$(PADDLE_SPEC)' > $(PADDLE_SPEC_FILE); fi
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "error: no Python 3.10 (see the message above)"; exit 1; }
 	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also a venv left half-made
 	$(PY) -m pip install -q --upgrade pip
-	@test ! -f $(PADDLE_SPEC_FILE) || test "$$(cat $(PADDLE_SPEC_FILE))" = '$(PADDLE_SPEC)' || \
-	  $(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu  # two paddle builds would share one package folder
+	@if $(PADDLE_CHANGED); then $(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu; fi  # two builds, one package folder
 	$(PY) -m pip install -q '$(PADDLE_SPEC)' -r requirements.txt -r requirements-dev.txt
 	@echo '$(PADDLE_SPEC)' > $(PADDLE_SPEC_FILE)
 	$(PY) -c "import paddle, paddlespeech_ctcdecoders, visualdl, soundfile; print('setup: paddle', paddle.__version__, 'ready in $(VENV)')"
