@@ -86,6 +86,20 @@ def test_missing_tool_names_the_apt_line(monkeypatch, tmp_path):
         build(tmp_path)
 
 
+def test_lists_it_did_not_write_are_kept(tmp_path):
+    user_list = tmp_path / 'annotation' / 'train.txt'
+    user_list.parent.mkdir()
+    user_list.write_text('/data/mine/0001.wav\tmy own words\n', encoding='utf-8')
+    with pytest.raises(SystemExit, match=r'train\.txt names audio outside .*--overwrite'):
+        build(tmp_path)
+    assert user_list.read_text(encoding='utf-8') == '/data/mine/0001.wav\tmy own words\n'
+    # a list naming only the tool's own wavs (a run killed before corpus.json) is its own
+    paths = make_demo_corpus.output_paths(str(tmp_path), 'en')
+    user_list.write_text(make_demo_corpus.wav_path(paths['audio_dir'], 'train', 0) + '\tx\n',
+                         encoding='utf-8')
+    assert make_demo_corpus.foreign_lists(paths) == []
+
+
 # ---------------------------------------------------------------- English corpus
 
 

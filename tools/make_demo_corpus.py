@@ -225,6 +225,26 @@ def up_to_date(paths, params):
     return meta
 
 
+def foreign_lists(paths):
+    """The annotation lists in the output folder that this tool did not write:
+    ones holding a line whose audio lies outside its own audio folder (a user's
+    own dataset/annotation, say). Lists it wrote, even by a run killed before
+    corpus.json, name only its own wavs."""
+    own = os.path.abspath(paths['audio_dir']) + os.sep
+    foreign = []
+    for split in ('train', 'test'):
+        try:
+            with open(paths[split], encoding='utf-8') as f:
+                if any(not os.path.abspath(ln.split('\t')[0]).startswith(own)
+                       for ln in f if ln.strip()):
+                    foreign.append(paths[split])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):  # unreadable or not UTF-8: not ours either
+            foreign.append(paths[split])
+    return foreign
+
+
 def clear_audio(audio_dir):
     """Remove the audio of an earlier build: the folder belongs to this tool."""
     for split in ('train', 'test'):
@@ -290,7 +310,8 @@ def parse_args(argv=None):
     parser.add_argument('--num_workers', type=int, default=os.cpu_count() or 1,
                         help='utterances synthesized in parallel')
     parser.add_argument('--overwrite', action='store_true',
-                        help='rebuild even when a corpus with these parameters exists')
+                        help='rebuild even when a corpus with these parameters exists, and '
+                             'replace annotation lists this tool did not write')
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_test < 1:
         parser.error('--num_train and --num_test must be at least 1')
@@ -310,6 +331,15 @@ def build(args):
         print('demo corpus %s already built with these parameters in %s (%.1f s); '
               '--overwrite rebuilds it' % (args.lang, paths['audio_dir'], time.time() - start))
         return dict(meta, skipped=True)
+    foreign = [] if args.overwrite else foreign_lists(paths)
+    if foreign:
+        one = len(foreign) == 1
+        raise SystemExit('error: %s name%s audio outside %s: not a demo corpus list%s, and '
+                         'building here would replace %s. Choose another --out_dir (default '
+                         'dataset/demo_<lang>), or pass --overwrite to replace %s'
+                         % (' and '.join(foreign), 's' if one else '', paths['audio_dir'],
+                            '' if one else 's', 'it' if one else 'them',
+                            'it' if one else 'them'))
     check_requirements(args.lang)
     print('make_demo_corpus: ' + json.dumps(dict(vars(args), **paths)), file=sys.stderr)
     spoken, lm_sentences = demo_text.load_sentences(args.lang, *LENGTHS[args.lang])
