@@ -601,6 +601,25 @@ def test_the_amp_scaler_state_goes_into_the_checkpoint(spoken_corpus, tmp_path, 
     assert load_state(model_folder(cfg)).scaler == {"scale": 512.0, "incr_count": 3}
 
 
+def _enabled_grad_scaler(init_loss_scaling):
+    """Paddle's GradScaler as a GPU build makes it (a CPU build disables it at construction)."""
+    scaler = paddle.amp.GradScaler(init_loss_scaling=init_loss_scaling)
+    scaler._enable, scaler._scale = True, paddle.to_tensor(np.array([init_loss_scaling], np.float32))
+    scaler._incr_ratio, scaler._decr_ratio, scaler._incr_every_n_steps = 2.0, 0.5, 1000
+    scaler._decr_every_n_nan_or_inf, scaler._incr_count, scaler._decr_count = 2, 7, 0
+    scaler._use_dynamic_loss_scaling = True
+    return scaler
+
+
+def test_paddles_grad_scaler_state_survives_state_json():
+    """Its loss scale is a one-element tensor; saved as a float, it goes back as one element."""
+    saved = json.loads(json.dumps(training._scaler_state(_enabled_grad_scaler(2.0 ** 15))))
+    assert saved["scale"] == 32768.0 and saved["incr_count"] == 7
+    resumed = _enabled_grad_scaler(1.0)
+    training._restore_scaler(resumed, saved)
+    assert resumed.state_dict()["scale"].tolist() == [32768.0] and resumed.state_dict()["incr_count"] == 7
+
+
 def test_deterministic_runs_on_a_cpu_build(spoken_corpus, tmp_path):
     training.train(resume_config(spoken_corpus, tmp_path, train__max_steps=1, train__deterministic=True))
     assert load_state(model_folder(resume_config(spoken_corpus, tmp_path))).step == 1

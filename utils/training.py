@@ -84,9 +84,15 @@ def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
 
 
 def _scaler_state(scaler) -> dict:
+    """The AMP scaler's state as JSON values: its loss scale, a one-element tensor, as a float."""
     if scaler is None:
         return {}
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in scaler.state_dict().items()}
+
+
+def _restore_scaler(scaler, saved: dict) -> None:
+    """Give back what _scaler_state saved: GradScaler.load_state_dict reads scale[0]."""
+    scaler.load_state_dict(dict(saved, scale=np.array([saved["scale"]], np.float32)))
 
 
 def restore(folder: Path, model, optimizer, scaler) -> TrainState:
@@ -95,7 +101,7 @@ def restore(folder: Path, model, optimizer, scaler) -> TrainState:
         load_optimizer_state(model, optimizer, folder / OPTIMIZER_FILE)
     state = load_state(folder)
     if scaler is not None and state.scaler:
-        scaler.load_state_dict(state.scaler)
+        _restore_scaler(scaler, state.scaler)
     return state
 
 
