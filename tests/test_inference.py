@@ -245,6 +245,32 @@ def test_a_truncated_model_onnx_is_a_load_error_naming_the_file_and_the_fix(trai
         load_runner(cut_export)
 
 
+def _cut_vocabulary(folder: Path, keep: int) -> None:
+    vocab = folder / "vocabulary.txt"
+    vocab.write_text("".join(vocab.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]), encoding="utf-8")
+
+
+def test_a_vocabulary_that_does_not_fit_the_weights_is_a_load_error(trained, tmp_path):
+    """Paddle's set_state_dict only warns on a shape mismatch and keeps random weights: refused here."""
+    from utils.inference import ModelLoadError, load_runner
+
+    checkpoint, export = tmp_path / "best_model", tmp_path / "infer"
+    shutil.copytree(trained["model"], checkpoint)
+    shutil.copytree(trained["infer"], export)
+    tokens = len((checkpoint / "vocabulary.txt").read_text(encoding="utf-8").splitlines())
+    for folder, weights in ((checkpoint, "model.pdparams"), (export, "model.onnx")):
+        _cut_vocabulary(folder, tokens - 3)
+        with pytest.raises(ModelLoadError, match=re.escape(f"{folder / weights} has an output layer of {tokens} "
+                                                           f"tokens but {folder / 'vocabulary.txt'} holds "
+                                                           f"{tokens - 3}: put back the vocabulary.txt")):
+            load_runner(folder)
+    config = checkpoint / "config.yml"
+    config.write_text(config.read_text(encoding="utf-8").replace("n_mels: 40", "n_mels: 48"), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match=r"model.pdparams does not fit the model .*config.yml describes: .*"
+                                             r"\(config.yml builds .*put back the config.yml"):
+        load_runner(checkpoint)
+
+
 def test_infer_prints_the_same_text_for_checkpoint_and_export(infer_runs):
     for kind, proc in infer_runs.items():
         no_traceback(proc)

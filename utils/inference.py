@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from utils.checkpoint import (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE, VOCAB_FILE, check_model_folder,
-                              load_config)
+                              load_config, load_tensors)
 from utils.config import Config, save_config
 from utils.features import feature_dim
 from utils.model import build_model, log_softmax
@@ -146,9 +146,31 @@ def load_checkpoint_model(folder: str | Path) -> tuple[paddle.nn.Layer, Config, 
     vocabulary = Vocabulary.load(folder / VOCAB_FILE)
     dim = feature_dim(cfg.features.feature_method, cfg.features.sample_rate, cfg.features.n_mels)
     model = build_model(cfg.model, dim, len(vocabulary))
-    model.set_state_dict(paddle.load(str(folder / MODEL_FILE)))
+    weights = load_tensors(folder / MODEL_FILE)
+    check_weights_fit(folder, weights, model.state_dict(), len(vocabulary))
+    model.set_state_dict(weights)
     model.eval()
     return model, cfg, vocabulary
+
+
+def check_weights_fit(folder: Path, weights: dict, expected: dict, vocab_size: int) -> None:
+    """ModelLoadError when model.pdparams does not fit the model that config.yml and vocabulary.txt
+    describe (Paddle's set_state_dict would only warn and decode with random weights there)."""
+    missing = sorted(set(expected) - set(weights))
+    misfit = [(name, list(weights[name].shape), list(tensor.shape)) for name, tensor in expected.items()
+              if name in weights and list(weights[name].shape) != list(tensor.shape)]
+    if not missing and not misfit:
+        return
+    heads = [saved[-1] for _, saved, built in misfit if built[-1:] == [vocab_size] and saved[:-1] == built[:-1]]
+    if heads and len(heads) == len(misfit) and not missing:
+        raise ModelLoadError(f"{folder / MODEL_FILE} has an output layer of {heads[0]} tokens but "
+                             f"{folder / VOCAB_FILE} holds {vocab_size}: put back the vocabulary.txt the model "
+                             f"was trained with (the one create_data wrote for its training data)")
+    shown = [f"{name} {saved} (config.yml builds {built})" for name, saved, built in misfit[:3]]
+    shown += [f"{name} missing" for name in missing[:3]]
+    raise ModelLoadError(f"{folder / MODEL_FILE} does not fit the model {folder / CONFIG_FILE} describes: "
+                         f"{'; '.join(shown)}: put back the config.yml and vocabulary.txt the model was trained "
+                         f"with")
 
 
 class CheckpointRunner:
@@ -243,6 +265,11 @@ class OnnxRunner:
             raise ModelLoadError(f"{folder / ONNX_FILE} cannot be loaded (damaged or cut short: "
                                  f"{type(err).__name__}); export again with python tools/export_model.py, "
                                  f"or use Paddle Inference with --runtime=paddle") from None
+        output_tokens = self.session.get_outputs()[0].shape[-1]  # an int, or a name for a dynamic axis
+        if isinstance(output_tokens, int) and output_tokens != len(self.vocabulary):
+            raise ModelLoadError(f"{folder / ONNX_FILE} has an output layer of {output_tokens} tokens but "
+                                 f"{folder / VOCAB_FILE} holds {len(self.vocabulary)}: put back the vocabulary.txt "
+                                 f"it was exported with, or export again with python tools/export_model.py")
 
     def __call__(self, feats: np.ndarray, feat_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         log_probs, out_lens = self.session.run(None, {"feats": feats.astype(np.float32),
