@@ -222,6 +222,26 @@ def test_stereo_8k_is_resampled_into_a_new_file_and_the_original_is_untouched(tm
     assert converted.stat().st_mtime_ns == mtime
 
 
+def test_a_replaced_source_is_converted_again_though_its_time_is_older_than_the_copy(tmp_path):
+    """tar, unzip, cp -p and rsync -a give a replaced file its old modification time: the copy is reused only
+    when its time equals the source's (stamped at conversion) and its length agrees with the source header's."""
+    source = write_tone(tmp_path / "audio" / "r8k.wav", 1.0, sample_rate=8000, freq=300.0)
+    cfg = prep_config(tmp_path, write_text(tmp_path / "list.txt", [f"{source}\tword"]), **{"prep.test_every": 0})
+    create_data(cfg)
+    copy = mirror_path(str(source), cfg.prep.resampled_dir)
+    assert copy.stat().st_mtime_ns == source.stat().st_mtime_ns
+    an_hour_earlier = source.stat().st_mtime_ns - 3600 * 10**9
+    write_tone(source, 1.0, sample_rate=8000, freq=1000.0)  # new audio, same length
+    os.utime(source, ns=(an_hour_earlier, an_hour_earlier))
+    create_data(cfg)
+    np.testing.assert_allclose(load_audio(copy), load_audio(source), atol=1 / 32768)  # the new audio, in 16 bits
+    assert copy.stat().st_mtime_ns == an_hour_earlier
+    write_tone(source, 0.75, sample_rate=8000)  # shorter, and given the copy's very time
+    os.utime(source, ns=(an_hour_earlier, an_hour_earlier))
+    create_data(cfg)
+    assert soundfile.info(str(copy)).frames == 12000 and manifest(tmp_path, "train")[0]["duration"] == 0.75
+
+
 def test_mirror_path_stays_inside_resampled_dir():
     assert mirror_path("data/a/b.wav", "rs") == Path("rs/data/a/b.wav")
     assert mirror_path("./data/b.mp3", "rs") == Path("rs/data/b.mp3.wav")

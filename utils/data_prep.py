@@ -46,6 +46,7 @@ PROBE_CHUNK = 64  # header probes per task when the lines stream in (their count
 TASKS_PER_WORKER = 8
 SECONDS_PER_HOUR = 3600.0
 MAX_LISTED_CHARS = 10
+MAX_COPY_LENGTH_DIFF = 2  # samples at the target rate a converted copy may differ from its source's header length
 
 
 class DataPrepError(ValueError):
@@ -310,32 +311,44 @@ def mirror_path(source: str, resampled_dir: str) -> Path:
     return Path(resampled_dir) / name
 
 
-def _fresh_copy_duration(src: str, dst: str, rate: int) -> Optional[float]:
-    """Duration of an earlier conversion of src that is newer than src and in the right format, else None."""
+def _reusable_copy_duration(src: str, dst: str, rate: int, source_duration: float) -> Optional[float]:
+    """Duration of an earlier conversion of src, or None when it must be converted again.
+
+    A copy is reused only when its modification time equals the source's (each conversion stamps its
+    copy with the source's time, to the nanosecond), it is mono at `rate`, and its length agrees with
+    the source header's within MAX_COPY_LENGTH_DIFF samples. "Newer than the source" is not enough:
+    tar, unzip, cp -p and rsync -a give a replaced source its old, earlier time."""
     try:
-        if os.path.getmtime(dst) < os.path.getmtime(src):
+        if os.stat(dst).st_mtime_ns != os.stat(src).st_mtime_ns:
             return None
         info = soundfile.info(dst)
     except (OSError, RuntimeError):  # no copy yet, or an unreadable one: convert again
         return None
-    usable = info.samplerate == rate and info.channels == 1 and info.frames > 0
+    usable = (info.samplerate == rate and info.channels == 1 and info.frames > 0
+              and abs(info.frames - source_duration * rate) <= MAX_COPY_LENGTH_DIFF)
     return info.frames / rate if usable else None
 
 
-def _convert_one(job: tuple[str, str, int]) -> float | str:
-    """Convert src into a new mono wav at `rate` (reusing a fresh earlier copy); duration or reason."""
-    src, dst, rate = job
+def _convert_one(job: tuple[str, str, int, float]) -> float | str:
+    """Convert src into a new mono wav at `rate` stamped with src's modification time (reusing an earlier
+    copy of this very source); duration or reason."""
+    src, dst, rate, source_duration = job
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return f"audio: converting would overwrite the original {src}; set prep.resampled_dir elsewhere"
-    duration = _fresh_copy_duration(src, dst, rate)
+    duration = _reusable_copy_duration(src, dst, rate, source_duration)
     if duration is not None:
         return duration
+    try:
+        source_stat = os.stat(src)  # taken before reading: a source replaced meanwhile no longer matches
+    except OSError as err:
+        return f"audio: cannot read the file ({err.strerror})"
     try:
         samples = load_audio(src, rate)  # [N] mono at rate
     except AudioError as err:
         return _audio_reason(err, src)
     try:
         save_wav(dst, samples, rate)
+        os.utime(dst, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))
     except (OSError, RuntimeError) as err:
         raise DataPrepError(f"cannot write {dst} ({err}); make prep.resampled_dir writable and give it space") \
             from None
@@ -346,14 +359,14 @@ def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
     """Convert each distinct file at another rate or with several channels once; failures are
     dropped from the tables. Returns the number of files converted."""
     rate, resampled_dir = cfg.features.sample_rate, cfg.prep.resampled_dir
-    sources: dict[str, None] = {}  # distinct files to convert, in first-seen order
+    sources: dict[str, float] = {}  # distinct files to convert -> header duration, in first-seen order
     for table in tables:
         for row in range(len(table)):
             if table.sample_rates[row] != rate or table.channels[row] != 1:
-                sources.setdefault(table.input_path(row))
+                sources.setdefault(table.input_path(row), table.durations[row])
     if not sources:
         return 0
-    tasks = ((src, str(mirror_path(src, resampled_dir)), rate) for src in sources)
+    tasks = ((src, str(mirror_path(src, resampled_dir)), rate, duration) for src, duration in sources.items())
     results = dict(zip(sources, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1,
                                       total=len(sources))))
     for table in tables:
