@@ -10,7 +10,7 @@ import pytest
 
 from utils.decoders import (ARPA_END_SEARCH_BYTES, beam_search_decode, decode, greedy_decode,
                             group_token_times, load_scorer)
-from utils.lm import build_lm
+from utils.lm import DEFAULT_UNK_LOG10_PROB, build_lm, count_ngrams, write_arpa
 
 VOCAB = ["<blank>", "<unk>", "<space>"] + list("abcdefghijklmnopqrstuvwxyz'")
 ID = {tok: i for i, tok in enumerate(VOCAB)}
@@ -220,6 +220,22 @@ def test_chinese_character_lm_for_an_english_model_is_refused(chinese_char_lm):
                                          r"tokens \(unknown: a b c d e f g h i j \.\.\.\): it is for another "
                                          r"language\. Use an LM built from text in the model's language"):
         load_scorer(chinese_char_lm, 1.0, 1.0, VOCAB)
+
+
+def test_character_lm_for_a_model_of_spaced_words_is_refused(tmp_path):
+    """The decoder scores a space as an empty word the LM does not know: 'the cat sat' came out
+    'theocathsat'. A Chinese model with a few English words (and <space>) keeps its character LM."""
+    lines = ["t h e c a t s a t", "t h e c a t s a d", "a c a t s a t o n t h e m a t"]  # as --unit char writes
+    char_lm = tmp_path / "en_char.arpa"
+    write_arpa(count_ngrams(lines, 3), char_lm, DEFAULT_UNK_LOG10_PROB)  # build_lm refuses --unit char here
+    char_lm = str(char_lm)
+    with pytest.raises(ValueError, match=r"en_char\.arpa is a character LM, but the model separates words with "
+                                         r"spaces: .*--unit word"):
+        load_scorer(char_lm, 1.0, 1.0, VOCAB)
+    mixed_vocab = CHINESE_VOCAB + ["<space>", "o", "k"]
+    (tmp_path / "zh.txt").write_text("".join(CHINESE_SENTENCES) + "\nok\n", encoding="utf-8")
+    zh_lm = str(build_lm([tmp_path / "zh.txt"], tmp_path / "zh.arpa", order=3, unit="char").arpa_path)
+    assert load_scorer(zh_lm, 1.0, 1.0, mixed_vocab).is_character_based()
 
 
 def test_english_word_lm_for_a_chinese_model_is_refused(word_lm):

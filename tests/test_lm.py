@@ -114,6 +114,9 @@ def test_units_tokens_and_file_formats(tmp_path):
         read_sentences(manifest)
     with pytest.raises(ValueError, match="unit must be one of"):
         resolve_unit("bpe", [])
+    with pytest.raises(ValueError, match=r"--unit char on text of space-separated words .*train\.txt.*drops "
+                                         r"every space\. Use --unit word"):
+        build_lm([annotation], tmp_path / "en_char.arpa", unit="char")
 
 
 def test_binary_is_written_when_build_binary_is_on_path(tmp_path, monkeypatch):

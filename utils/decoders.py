@@ -189,7 +189,10 @@ def _check_lm_knows_tokens(scorer: Any, lang_model_path: str, vocabulary: Sequen
 
     That is an LM of another language (English model, Chinese LM or the reverse) or of another
     letter case. A character LM must know MIN_KNOWN_TOKEN_SHARE of the model's tokens; a word LM
-    must hold a word spelled with them (the scorer's spelling dictionary is not empty).
+    must hold a word spelled with them (the scorer's spelling dictionary is not empty). A character
+    LM is also refused for a model of space-separated words (mostly not CJK tokens): the decoder
+    scores each space as an empty word the LM does not know, and the best beam loses its spaces.
+    A Chinese model with a few English words keeps its character LM.
     """
     fix = ("Use an LM built from text in the model's language and spelling (python tools/build_lm.py), "
            "or decode without one (--lang_model_path '') or with --decoder ctc_greedy")
@@ -200,6 +203,13 @@ def _check_lm_knows_tokens(scorer: Any, lang_model_path: str, vocabulary: Sequen
             raise ValueError(f"language model {lang_model_path} is a character LM that knows "
                              f"{len(tokens) - len(unknown)} of the model's {len(tokens)} tokens (unknown: "
                              f"{' '.join(unknown[:10])} ...): it is for another language. {fix}")
+        cjk_tokens = sum(1 for tok in tokens if all(is_cjk(c) for c in tok))
+        if SPACE in vocabulary and 2 * cjk_tokens < len(tokens):
+            # the decoder scores a space as the empty word, which KenLM does not know (-1000 * alpha)
+            raise ValueError(f"language model {lang_model_path} is a character LM, but the model separates "
+                             f"words with spaces: beam search with it drops every space. Build a word LM from "
+                             f"the same text (python tools/build_lm.py --unit word), or decode with --decoder "
+                             f"ctc_greedy")
     elif scorer.get_dict_size() == 0:
         raise ValueError(f"language model {lang_model_path} is a word LM none of whose words can be "
                          f"spelled with the model's tokens ({' '.join(tokens[:10])} ...): it is for "

@@ -274,7 +274,12 @@ def build_lm(text_paths: Sequence[str | Path], output_path: str | Path, order: O
     if to_simplified:
         check_to_simplified()  # a TextError (a ValueError) saying what to install, before any work
     texts = [s for path in text_paths for s in read_sentences(path)]
-    unit = resolve_unit(unit, [t for t in (normalized_or_none(x, to_simplified) for x in texts[:10000]) if t])
+    sample = [t for t in (normalized_or_none(x, to_simplified) for x in texts[:10000]) if t]
+    unit = resolve_unit(unit, sample)
+    if unit == "char" and cjk_share(sample) <= CJK_MAJORITY and 2 * sum(" " in t for t in sample) > len(sample):
+        raise ValueError(f"--unit char on text of space-separated words ({', '.join(map(str, text_paths))}): "
+                         f"beam search scores each space as a word a character LM does not know, and drops "
+                         f"every space. Use --unit word (or auto)")
     order = DEFAULT_ORDERS[unit] if order is None else order
     if not MIN_ORDER <= order <= MAX_ORDER:
         raise ValueError(f"order must be between {MIN_ORDER} and {MAX_ORDER}, got {order}")
