@@ -242,6 +242,26 @@ def test_a_replaced_source_is_converted_again_though_its_time_is_older_than_the_
     assert soundfile.info(str(copy)).frames == 12000 and manifest(tmp_path, "train")[0]["duration"] == 0.75
 
 
+def test_resampled_count_holds_only_the_files_converted_by_this_run(tmp_path, monkeypatch):
+    """A conversion that fails is no resampled file, and a reused copy is reported as one."""
+    tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5, sample_rate=8000) for name in ("ok", "bad")]
+    listing = write_text(tmp_path / "list.txt", [f"{tone}\tword" for tone in tones])
+    real_load = data_prep.load_audio
+
+    def load_audio(path, rate):
+        if path.endswith("bad.wav"):
+            raise AudioError(f"{path}: truncated data")
+        return real_load(path, rate)
+    monkeypatch.setattr(data_prep, "load_audio", load_audio)
+    cfg = prep_config(tmp_path, listing, **{"prep.test_every": 0})
+    first = create_data(cfg)
+    assert (first.resampled, first.reused_copies, first.skipped) == (1, 0, 1)
+    assert "1 lines skipped (see " in first.line() and ", 1 files resampled; wrote " in first.line()
+    second = create_data(cfg)
+    assert (second.resampled, second.reused_copies) == (0, 1)
+    assert ", 0 files resampled, 1 earlier resampled copies reused; wrote " in second.line()
+
+
 def test_mirror_path_stays_inside_resampled_dir():
     assert mirror_path("data/a/b.wav", "rs") == Path("rs/data/a/b.wav")
     assert mirror_path("./data/b.mp3", "rs") == Path("rs/data/b.mp3.wav")

@@ -63,7 +63,8 @@ class PrepSummary:
     vocab_size: int = 0
     skipped: int = 0
     skipped_path: str = ""
-    resampled: int = 0
+    resampled: int = 0  # files converted by this run
+    reused_copies: int = 0  # converted copies from an earlier run, still matching their sources
     oov_test: int = 0
     oov_chars: str = ""
     written: list[str] = field(default_factory=list)
@@ -71,10 +72,11 @@ class PrepSummary:
     def line(self) -> str:
         oov = (f", {self.oov_test} test utterances with characters not in the vocabulary ({self.oov_chars})"
                if self.oov_test else "")
+        reused = f", {self.reused_copies} earlier resampled copies reused" if self.reused_copies else ""
         return (f"create_data: kept {self.train} train ({self.train_hours:.2f} h) / {self.test} test "
                 f"({self.test_hours:.2f} h) utterances, {self.noise} noise clips, vocabulary {self.vocab_size} "
                 f"tokens, {self.skipped} lines skipped (see {self.skipped_path}), {self.resampled} files "
-                f"resampled{oov}; wrote {', '.join(self.written)}")
+                f"resampled{reused}{oov}; wrote {', '.join(self.written)}")
 
 
 def create_data(cfg: Config) -> PrepSummary:
@@ -90,7 +92,7 @@ def create_data(cfg: Config) -> PrepSummary:
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
         _drop_test_audio_from_train(kept, train, test)
         noise = _probe_noise(cfg, skips, workers)
-        summary.resampled = _convert_all([kept, noise], cfg, workers)
+        summary.resampled, summary.reused_copies = _convert_all([kept, noise], cfg, workers)
         for table in (kept, noise):
             table.write_drops(skips, raw_lines)
         train = _require_train(kept, train, summary.skipped_path)
@@ -329,15 +331,15 @@ def _reusable_copy_duration(src: str, dst: str, rate: int, source_duration: floa
     return info.frames / rate if usable else None
 
 
-def _convert_one(job: tuple[str, str, int, float]) -> float | str:
+def _convert_one(job: tuple[str, str, int, float]) -> tuple[float, bool] | str:
     """Convert src into a new mono wav at `rate` stamped with src's modification time (reusing an earlier
-    copy of this very source); duration or reason."""
+    copy of this very source); (duration, whether it was converted now rather than reused) or the reason."""
     src, dst, rate, source_duration = job
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return f"audio: converting would overwrite the original {src}; set prep.resampled_dir elsewhere"
     duration = _reusable_copy_duration(src, dst, rate, source_duration)
     if duration is not None:
-        return duration
+        return duration, False
     try:
         source_stat = os.stat(src)  # taken before reading: a source replaced meanwhile no longer matches
     except OSError as err:
@@ -352,12 +354,12 @@ def _convert_one(job: tuple[str, str, int, float]) -> float | str:
     except (OSError, RuntimeError) as err:
         raise DataPrepError(f"cannot write {dst} ({err}); make prep.resampled_dir writable and give it space") \
             from None
-    return len(samples) / rate
+    return len(samples) / rate, True
 
 
-def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
+def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> tuple[int, int]:
     """Convert each distinct file at another rate or with several channels once; failures are
-    dropped from the tables. Returns the number of files converted."""
+    dropped from the tables. Returns (files converted now, earlier copies reused)."""
     rate, resampled_dir = cfg.features.sample_rate, cfg.prep.resampled_dir
     sources: dict[str, float] = {}  # distinct files to convert -> header duration, in first-seen order
     for table in tables:
@@ -365,7 +367,7 @@ def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
             if table.sample_rates[row] != rate or table.channels[row] != 1:
                 sources.setdefault(table.input_path(row), table.durations[row])
     if not sources:
-        return 0
+        return 0, 0
     tasks = ((src, str(mirror_path(src, resampled_dir)), rate, duration) for src, duration in sources.items())
     results = dict(zip(sources, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1,
                                       total=len(sources))))
@@ -376,9 +378,10 @@ def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> int:
             if isinstance(result, str):
                 table.drop(row, result)
             elif result is not None:
-                table.converted[row], table.durations[row] = True, result
+                table.converted[row], table.durations[row] = True, result[0]
                 table.sample_rates[row], table.channels[row] = rate, 1
-    return len(sources)
+    outcomes = [result[1] for result in results.values() if not isinstance(result, str)]
+    return sum(outcomes), len(outcomes) - sum(outcomes)
 
 
 def _stats_chunk(job: tuple[list[tuple[int, str]], str, int, int]) -> tuple[FeatureStats, list[tuple[int, str]]]:
