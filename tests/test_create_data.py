@@ -282,6 +282,22 @@ def test_noise_dir_becomes_the_noise_manifest(clean_corpus):
     assert summary.noise == 2 and f"{cfg.prep.manifest_prefix}.noise" in summary.written
 
 
+def test_a_run_without_noise_clips_removes_an_earlier_noise_manifest(clean_corpus):
+    """Training mixes in <prefix>.noise whenever it exists: an earlier run's must not outlive a run with none."""
+    write_noise(clean_corpus / "noise" / "n1.wav", 1.0)
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation", **{"prep.noise_dir": str(clean_corpus / "noise")})
+    create_data(cfg)
+    noise_manifest = Path(f"{cfg.prep.manifest_prefix}.noise")
+    assert noise_manifest.is_file()
+    (clean_corpus / "noise" / "n1.wav").unlink()
+    summary = create_data(cfg)
+    assert not noise_manifest.exists() and summary.noise == 0 and summary.removed == [str(noise_manifest)]
+    assert summary.line().endswith(f"; removed {noise_manifest} (no noise clips this run)")
+    assert str(noise_manifest) not in summary.written
+    again = create_data(cfg)
+    assert again.removed == [] and "removed" not in again.line()
+
+
 def expected_stats(paths: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
     feats = np.concatenate([compute_features(load_audio(p), method).astype(np.float64) for p in paths])
     return feats.mean(axis=0), feats.std(axis=0)

@@ -68,6 +68,7 @@ class PrepSummary:
     oov_test: int = 0
     oov_chars: str = ""
     written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # outputs of an earlier run that this run has none of
 
     def line(self) -> str:
         oov = (f", {self.oov_test} test utterances with characters not in the vocabulary ({self.oov_chars})"
@@ -76,7 +77,8 @@ class PrepSummary:
         return (f"create_data: kept {self.train} train ({self.train_hours:.2f} h) / {self.test} test "
                 f"({self.test_hours:.2f} h) utterances, {self.noise} noise clips, vocabulary {self.vocab_size} "
                 f"tokens, {self.skipped} lines skipped (see {self.skipped_path}), {self.resampled} files "
-                f"resampled{reused}{oov}; wrote {', '.join(self.written)}")
+                f"resampled{reused}{oov}; wrote {', '.join(self.written)}"
+                + (f"; removed {', '.join(self.removed)} (no noise clips this run)" if self.removed else ""))
 
 
 def create_data(cfg: Config) -> PrepSummary:
@@ -109,7 +111,7 @@ def create_data(cfg: Config) -> PrepSummary:
     oov = [chars for chars in (vocab.unknown_chars(kept.text(row)) for row in test) if chars]
     summary.oov_test = len(oov)
     summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
-    summary.written = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
+    summary.written, summary.removed = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
     summary.train, summary.test, summary.vocab_size = len(train), len(test), len(vocab)
     summary.noise = len(noise.alive())
     durations = kept.duration_array()
@@ -462,10 +464,11 @@ def _utterances(table: KeptTable, rows: np.ndarray, data_dir: Optional[str],
 
 
 def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.ndarray, noise: KeptTable,
-                   vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> list[str]:
+                   vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> tuple[list[str], list[str]]:
     """The outputs, each written under a temporary name (`<name>.new`); they take their names only once
     all are written, so that an error (a full disk) leaves the last run's set whole, never new
-    manifests beside an old vocabulary, and no temporary file."""
+    manifests beside an old vocabulary, and no temporary file. With no noise clip, an earlier run's
+    <prefix>.noise is removed then (training would still mix its clips in). Returns (written, removed)."""
     prefix, data_dir, feats = cfg.prep.manifest_prefix, cfg.data.data_dir, cfg.features
     noise_rows = noise.alive()
     manifests = {f"{prefix}.train": _utterances(kept, train, data_dir), f"{prefix}.test": _utterances(kept, test, data_dir)}
@@ -481,7 +484,10 @@ def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.nda
             save_mean_std(handle, mean, std, feats.feature_method, feats.sample_rate, feats.n_mels)
         for path in outputs:
             os.replace(staged[path], path)
+        stale_noise = [] if len(noise_rows) or not os.path.lexists(f"{prefix}.noise") else [f"{prefix}.noise"]
+        for path in stale_noise:
+            os.remove(path)
     finally:
         for path in staged.values():
             Path(path).unlink(missing_ok=True)
-    return outputs
+    return outputs, stale_noise
