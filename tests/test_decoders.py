@@ -178,6 +178,16 @@ def test_malformed_lm_file_is_refused_before_kenlm_sees_it(tmp_path):
         load_scorer(str(bad), 1.0, 1.0, VOCAB)
 
 
+def test_a_damaged_kenlm_binary_is_refused_before_the_decoder_aborts(tmp_path):
+    """The decoder's KenLM throws FormatLoadException uncaught (SIGABRT) on these; the kenlm module
+    checks the file first."""
+    damaged = tmp_path / "partial.klm"
+    damaged.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0" + bytes(200))
+    with pytest.raises(ValueError, match=r"partial\.klm is a KenLM binary that does not load \(.*\): a "
+                                         r"partial download or one built by another KenLM version"):
+        load_scorer(str(damaged), 1.0, 1.0, VOCAB)
+
+
 def test_truncated_arpa_file_is_refused_before_kenlm_aborts(word_lm, tmp_path):
     text = open(word_lm, "rb").read()
     cut = tmp_path / "cut.arpa"

@@ -159,6 +159,25 @@ def _check_arpa_order(lang_model_path: str, head: bytes) -> None:
                          f"`python tools/build_lm.py --order 3` (or another order >= 2)")
 
 
+def _check_kenlm_binary(lang_model_path: str) -> None:
+    """A KenLM binary cut short or damaged: the kenlm module checks its header and its size
+    against the counts there (a lazy memory map, so nothing of a GB-sized file is read) and
+    raises a Python error where the decoder's KenLM would abort the process."""
+    try:
+        import kenlm
+    except ImportError:  # kenlm-ex is in requirements.txt; without it the file goes unchecked
+        return
+    config = kenlm.Config()
+    config.load_method = kenlm.LoadMethod.LAZY
+    try:
+        kenlm.Model(lang_model_path, config)
+    except (OSError, RuntimeError) as err:
+        reason = str(err).split(" threw ", 1)[-1]
+        raise ValueError(f"language model {lang_model_path} is a KenLM binary that does not load ({reason}): "
+                         f"a partial download or one built by another KenLM version. Download it again "
+                         f"(check its MD5, lm/README.md) or build it again: {_lm_how_to()}") from None
+
+
 def _check_lm_file(lang_model_path: str) -> None:
     """Fail with a clear message before KenLM aborts the process on a missing, bad or truncated file."""
     if not lang_model_path:
@@ -168,6 +187,7 @@ def _check_lm_file(lang_model_path: str) -> None:
     with open(lang_model_path, "rb") as handle:
         head = handle.read(ARPA_HEADER_SEARCH_BYTES)
         if head.startswith(KENLM_BINARY_MAGIC):
+            _check_kenlm_binary(lang_model_path)
             return
         if head.startswith(GZIP_MAGIC):
             _check_gzip_arpa(lang_model_path)
