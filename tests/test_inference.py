@@ -185,6 +185,24 @@ def test_a_retrained_checkpoint_makes_infer_skip_its_stale_export_with_a_warning
         f"{checkpoint} cannot be checked; using it as it is. Export again to have it checked: {fix}\n")
 
 
+def test_an_export_of_another_checkpoint_gives_way_to_best_model_with_a_note(trained, tmp_path, capsys):
+    """eval.py and infer.py without a model decode best_model, as their help says, not an export of epoch_N."""
+    from utils.inference import default_model_folder, load_config, write_export_source
+
+    root = tmp_path / "models" / trained["root"].name
+    shutil.copytree(trained["root"], root)
+    export, best = root / "infer", root / "best_model"
+    shutil.copytree(best, root / "epoch_7")
+    write_export_source(root / "epoch_7", export, export)  # as tools/export_model.py --resume_model .../epoch_7
+    cfg = load_config(export)
+    cfg.train.save_model_path, cfg.train.use_model = str(tmp_path / "models"), root.name
+    assert default_model_folder(cfg, flag="--model_path") == best
+    fix = f"python tools/export_model.py --resume_model {best} --save_model_path {root.parent} --use_model {root.name}"
+    assert capsys.readouterr().err == (f"note: {export} was exported from {root / 'epoch_7'}, not from {best}; "
+                                       f"using {best}. Pass --model_path {export} to use the export, or export "
+                                       f"{best}: {fix}\n")
+
+
 def test_exported_runners_and_checkpoint_agree_on_real_utterances(trained):
     from utils.decoders import greedy_decode
     from utils.inference import CheckpointRunner, ExportedRunner, OnnxRunner, load_runner

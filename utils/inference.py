@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from utils.checkpoint import (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE, VOCAB_FILE, check_model_folder,
-                              load_config, load_tensors)
+                              is_complete, load_config, load_tensors)
 from utils.config import Config, save_config
 from utils.features import feature_dim
 from utils.model import build_model, log_softmax
@@ -91,18 +91,24 @@ def _export_command(checkpoint: Path, export: Path) -> str:
     return f"{command} --save_model_path {export.parent.parent} --use_model {export.parent.name}"
 
 
-def default_model_folder(cfg: Config, messages: list[str] | None = None) -> Path:
-    """models/<use_model>/infer when exported from the weights its checkpoint still holds, else
+def default_model_folder(cfg: Config, messages: list[str] | None = None, flag: str = "--resume_model") -> Path:
+    """models/<use_model>/infer when exported from the weights best_model still holds, else
     models/<use_model>/best_model. An export whose checkpoint was retrained since gives way to that
-    checkpoint, with a warning that says how to export again; an export that records no source is
-    used, with a note. Warnings and notes go to `messages` when given, else to stderr."""
+    checkpoint, with a warning that says how to export again; an export of another checkpoint
+    (epoch_N) gives way to best_model, with a note naming `flag` to use it; an export that records
+    no source is used, with a note. Warnings and notes go to `messages` when given, else to stderr."""
     out = [] if messages is None else messages
     root = Path(cfg.train.save_model_path) / cfg.train.use_model
     export, folder = root / "infer", root / "best_model"
     if is_exported(export):
         state, checkpoint = export_source(export)
         folder = checkpoint if state == "changed" else export
-        if state == "changed":
+        if state in ("current", "changed") and checkpoint.resolve() != (root / "best_model").resolve() \
+                and is_complete(root / "best_model"):
+            folder = root / "best_model"
+            out.append(f"note: {export} was exported from {checkpoint}, not from {folder}; using {folder}. Pass "
+                       f"{flag} {export} to use the export, or export {folder}: {_export_command(folder, export)}")
+        elif state == "changed":
             out.append(f"warning: {export} was exported from {checkpoint} before that checkpoint changed (retrained "
                        f"since); using the checkpoint {checkpoint} instead of the stale export. To use an export "
                        f"again: {_export_command(checkpoint, export)}")
@@ -339,7 +345,7 @@ def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Co
     def base_config(cfg: Config) -> Config | None:
         section, key = folder_key.split(".")
         explicit = getattr(getattr(cfg, section), key)
-        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages))
+        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages, "--" + key))
         if explicit and is_exported(explicit):
             messages.extend(_stale_export_warning(Path(explicit), "--" + key))
         return folder_config(chosen[-1])
