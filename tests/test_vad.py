@@ -62,6 +62,18 @@ def test_three_sentences_give_three_segments_cut_inside_the_pauses(recording):
     assert all(start % FRAME == 0 for start, _ in segments), "cuts are on VAD frame boundaries"
 
 
+def test_rates_webrtcvad_refuses_are_judged_on_a_16k_copy(recording):
+    """A 22.05 kHz model's long audio: the same three segments, in 22.05 kHz samples."""
+    from utils.audio import resample
+
+    _, samples, _ = recording
+    at_16k = vad.speech_segments(samples, SAMPLE_RATE)
+    at_22k = vad.speech_segments(resample(samples, SAMPLE_RATE, 22050), 22050)
+    assert len(at_22k) == len(at_16k) == 3
+    for (start, end), (start_22k, end_22k) in zip(at_16k, at_22k):
+        assert abs(start_22k - start * 22050 / SAMPLE_RATE) <= 1 and abs(end_22k - end * 22050 / SAMPLE_RATE) <= 1
+
+
 def test_segment_longer_than_max_is_cut_into_equal_pieces(recording, monkeypatch):
     _, samples, _ = recording
     whole = vad.speech_segments(samples, SAMPLE_RATE)

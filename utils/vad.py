@@ -22,10 +22,19 @@ def voiced_frames(samples: np.ndarray, sample_rate: int, aggressiveness: int = V
                      for i in range(count)], dtype=bool)
 
 
+VAD_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
+VAD_FALLBACK_RATE = 16000  # audio at any other rate is judged on a copy resampled to this
+
+
 def speech_segments(samples: np.ndarray, sample_rate: int = 16000) -> list[tuple[int, int]]:
     """[(start_sample, end_sample)] of speech, split at pauses >= MIN_SILENCE_MS, each <= MAX_SEGMENT_S."""
-    flags = voiced_frames(samples, sample_rate)
-    frame = sample_rate * VAD_FRAME_MS // 1000
+    if sample_rate in VAD_RATES:
+        flags = voiced_frames(samples, sample_rate)
+    else:  # 22.05, 24 or 44.1 kHz models: flags from a 16 kHz copy, one per 30 ms frame as well
+        from utils.audio import resample
+
+        flags = voiced_frames(resample(samples, sample_rate, VAD_FALLBACK_RATE), VAD_FALLBACK_RATE)
+    frame = sample_rate * VAD_FRAME_MS / 1000  # samples a flag (fractional at 22.05 kHz)
     min_gap, pad = MIN_SILENCE_MS // VAD_FRAME_MS, PAD_MS // VAD_FRAME_MS
     segments, start, silence = [], None, 0
     for index, speech in enumerate(flags):
@@ -39,7 +48,7 @@ def speech_segments(samples: np.ndarray, sample_rate: int = 16000) -> list[tuple
                 start, silence = None, 0
     if start is not None:
         segments.append((start, len(flags) - silence))
-    spans = [(max(0, (s - pad) * frame), min(len(samples), (e + pad) * frame)) for s, e in segments]
+    spans = [(max(0, round((s - pad) * frame)), min(len(samples), round((e + pad) * frame))) for s, e in segments]
     return [piece for span in spans for piece in cap_length(span, int(MAX_SEGMENT_S * sample_rate))]
 
 
