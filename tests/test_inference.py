@@ -557,6 +557,11 @@ def test_list_inputs_folder_list_file_and_single_path(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# my files\nx/one.wav\ttext one\n\n  x/two.wav  \n  # x/three.wav\n", encoding="utf-8")
     assert list_inputs(str(listing)) == ["x/one.wav", "x/two.wav"]
+    listing.write_bytes(b"\xef\xbb\xbfx/one.wav\r\nx/two.wav\r\n")  # Notepad's UTF-8: a BOM, CRLF
+    assert list_inputs(str(listing)) == ["x/one.wav", "x/two.wav"]
+    listing.write_bytes("x/one.wav\nx/二.wav\n".encode("gb18030"))
+    with pytest.raises(ValueError, match=re.escape(f"{listing}:2: not UTF-8 text") + ".*re-save the list as UTF-8"):
+        list_inputs(str(listing))
     listing.write_text("# nothing yet\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape(f"{listing} lists no audio files (it is empty or holds only "
                                                    "blank and # lines); write one audio path a line")):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.annotations import decoded_lines
 from utils.audio import AudioError, audio_info, load_audio
 from utils.features import STRIDE_MS, compute_features
 from utils.vad import MAX_SEGMENT_S, cap_length, speech_segments
@@ -38,8 +39,13 @@ def list_inputs(wav_path: str) -> list[str]:
             raise FileNotFoundError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
         return files
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        paths = [line.split("\t")[0].strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        paths = []
+        for line_no, line, raw in decoded_lines(path):  # LF/CRLF/CR, a UTF-8 or UTF-16 BOM; no blank lines
+            if line is None:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({raw.strip()[:60]}); re-save the list as "
+                                 f"UTF-8 (e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix})")
+            if not line.strip().startswith("#"):
+                paths.append(line.split("\t")[0].strip())
         if not paths:
             raise ValueError(f"{path} lists no audio files (it is empty or holds only blank and # lines); "
                              f"write one audio path a line")
