@@ -363,6 +363,23 @@ def test_eval_ends_with_cer_that_the_results_file_reproduces(eval_run, trained):
     assert "mean per-utterance cer:" in proc.stdout
 
 
+def test_eval_results_are_replaced_whole_or_not_at_all(tmp_path):
+    """A write that fails midway (here a bad utterance; a full disk alike) leaves the earlier file and no part."""
+    from types import SimpleNamespace
+
+    from utils.evaluate import EvalResult, write_results
+
+    path = tmp_path / "eval.tsv"
+    result = EvalResult(loss=0.0, error_rate=0.5, mean_error_rate=0.5, metric="cer",
+                        references=["ab", "cd"], hypotheses=["ab", "ce"])
+    write_results(path, result, [SimpleNamespace(audio_filepath="a.wav"), SimpleNamespace(audio_filepath="b.wav")])
+    before = path.read_text(encoding="utf-8")
+    assert before.splitlines()[1:] == ["a.wav\tab\tab\t0\t2", "b.wav\tcd\tce\t1\t2"]
+    with pytest.raises(AttributeError):
+        write_results(path, result, [SimpleNamespace(audio_filepath="a.wav"), SimpleNamespace()])
+    assert path.read_text(encoding="utf-8") == before and sorted(os.listdir(tmp_path)) == ["eval.tsv"]
+
+
 def test_eval_uses_the_model_folders_config_not_the_working_folder(eval_run, trained):
     """The effective config is the folder's (fbank 40), and the hypotheses equal a direct decode of each file."""
     from utils.decoders import greedy_decode

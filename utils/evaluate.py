@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -145,11 +146,16 @@ def write_results(path: Path, result: EvalResult, utterances) -> None:
     from utils.metrics import utterance_errors
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("audio_filepath\treference\thypothesis\tedits\tref_len\n")
-        for utt, ref, hyp in zip(utterances, result.references, result.hypotheses):
-            errors = utterance_errors(ref, hyp, result.metric)
-            handle.write(f"{utt.audio_filepath}\t{ref}\t{hyp}\t{errors.edits}\t{errors.ref_len}\n")
+    partial = path.with_name(path.name + ".part")  # renamed over path once whole: a full disk leaves the old one
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write("audio_filepath\treference\thypothesis\tedits\tref_len\n")
+            for utt, ref, hyp in zip(utterances, result.references, result.hypotheses):
+                errors = utterance_errors(ref, hyp, result.metric)
+                handle.write(f"{utt.audio_filepath}\t{ref}\t{hyp}\t{errors.edits}\t{errors.ref_len}\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def run_eval(cfg, model_folder: Path) -> str:

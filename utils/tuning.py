@@ -6,6 +6,8 @@ decode them again for every (alpha, beta) with one scorer whose parameters are r
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -81,5 +83,10 @@ def save_heatmap(grid: np.ndarray, alphas: Sequence[float], betas: Sequence[floa
                  f"alpha={alphas[best_i]:g}, beta={betas[best_j]:g}", fontsize=9)
     fig.colorbar(image, ax=ax, label=metric)
     fig.tight_layout()
-    fig.savefig(path_png, dpi=HEATMAP_DPI)
-    plt.close(fig)
+    partial = Path(str(path_png) + ".part")  # renamed over path_png once whole
+    try:
+        fig.savefig(partial, dpi=HEATMAP_DPI, format="png")
+        os.replace(partial, path_png)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
