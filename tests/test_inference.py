@@ -623,6 +623,11 @@ def test_tune_on_an_empty_manifest_is_an_error(trained, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {empty} holds no utterances; pass --test_manifest=a "
                                                     f"dev manifest written by create_data.py")
+    missing_lm = run_script("tools/tune.py", "--resume_model", trained["model"], "--test_manifest",
+                            trained["manifest"], "--lang_model_path", tmp_path / "none.arpa", cwd=tmp_path)
+    no_traceback(missing_lm)  # said before the acoustic pass over the manifest
+    assert missing_lm.returncode == 1 and f"error: language model {tmp_path / 'none.arpa'} does not exist" \
+        in missing_lm.stderr
 
 
 def test_long_audio_without_speech_is_decoded_in_capped_pieces():

@@ -18,6 +18,7 @@ def tune(cfg, folder: Path) -> str:
     import numpy as np
 
     from utils.data import SpeechDataset
+    from utils.decoders import check_beam_params, load_scorer
     from utils.evaluate import make_eval_loader, runner_forward
     from utils.inference import load_runner
     from utils.manifest import read_manifest
@@ -31,6 +32,13 @@ def tune(cfg, folder: Path) -> str:
     if not utterances:
         raise ValueError(f"{cfg.data.test_manifest} holds no utterances; pass --test_manifest=a dev manifest "
                          f"written by create_data.py")
+    # the beam parameters and the LM are checked before the acoustic pass, the long part
+    check_beam_params(cfg.decode.beam_size, cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n,
+                      cfg.decode.num_proc_bsearch)
+    if not cfg.tune.alphas or not cfg.tune.betas:
+        raise ValueError("--alphas and --betas must each hold at least one value, e.g. --alphas \"[0.5,1,1.5]\"")
+    scorer = load_scorer(cfg.decode.lang_model_path, cfg.tune.alphas[0], cfg.tune.betas[0],
+                         runner.vocabulary.tokens)
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     forward, probs = runner_forward(runner), {}
     for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size):
@@ -40,7 +48,7 @@ def tune(cfg, folder: Path) -> str:
     alpha, beta, error, grid = grid_search_alpha_beta(
         [probs[i] for i in range(len(utterances))], [reference_text(u.text) for u in utterances], runner.vocabulary.tokens,
         cfg.decode.lang_model_path, cfg.tune.alphas, cfg.tune.betas, cfg.decode.beam_size,
-        cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n, cfg.decode.num_proc_bsearch, cfg.train.metrics_type)
+        cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n, cfg.decode.num_proc_bsearch, cfg.train.metrics_type, scorer)
     heatmap = Path(cfg.tune.heatmap_path or folder.parent / f"tune_{folder.name}.png")
     save_heatmap(grid, cfg.tune.alphas, cfg.tune.betas, str(heatmap), cfg.train.metrics_type)
     return (f"best alpha={alpha:g} beta={beta:g} {cfg.train.metrics_type}={error:.6f} on {len(utterances)} "

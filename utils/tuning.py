@@ -27,18 +27,21 @@ def grid_search_alpha_beta(probs_list: Sequence[np.ndarray], references: Sequenc
                            cutoff_prob: float = DEFAULT_CUTOFF_PROB,
                            cutoff_top_n: int = DEFAULT_CUTOFF_TOP_N,
                            num_processes: int = DEFAULT_NUM_PROCESSES,
-                           metric: str = "cer") -> tuple[float, float, float, np.ndarray]:
+                           metric: str = "cer", scorer=None) -> tuple[float, float, float, np.ndarray]:
     """Decode probs_list for every (alpha, beta) and score it against references.
 
     probs_list: one [T_i, V] probability array per utterance; references: their texts.
     Returns (best_alpha, best_beta, best_error, grid [len(alphas), len(betas)]) where the
     grid holds the corpus-level error (metric 'cer' or 'wer'); ties go to the first point.
+    scorer: one load_scorer made already (tune.py loads it before the acoustic pass, so a bad
+    LM is reported before the long part); else lang_model_path is loaded here.
     """
     if len(probs_list) != len(references):
         raise ValueError(f"{len(probs_list)} posteriors but {len(references)} references")
     if not alphas or not betas:
         raise ValueError("alphas and betas must each hold at least one value")
-    scorer = load_scorer(lang_model_path, alphas[0], betas[0], vocabulary)
+    if scorer is None:
+        scorer = load_scorer(lang_model_path, alphas[0], betas[0], vocabulary)
     grid = np.full((len(alphas), len(betas)), np.nan)  # [A, B]
     best: Optional[tuple[float, float, float]] = None
     progress = tqdm(total=grid.size, desc=f"tuning alpha/beta ({metric})", unit="point")
