@@ -26,6 +26,10 @@ def main() -> None:
         summary = create_data(cfg)
     except DataPrepError as err:
         sys.exit(f"create_data.py: error: {err}")
+    except KeyboardInterrupt:
+        print("\ncreate_data.py: interrupted; the outputs (manifests, vocabulary, mean/std, skipped.txt) are "
+              "unchanged, as the last run left them", file=sys.stderr)
+        sys.exit(130)
     except OSError as err:  # the disk full, a folder made read-only meanwhile
         where = f" with {err.filename}" if err.filename else ""
         hint = ("free space on the disk of the manifests (kept lines wait there in unnamed temporary files until "

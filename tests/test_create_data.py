@@ -482,6 +482,71 @@ def test_a_failed_write_leaves_the_last_outputs_whole(clean_corpus, monkeypatch)
     assert all(after[name] == before[name] for name in before if name != "skipped.txt")
 
 
+def test_an_interrupted_or_failed_run_keeps_the_last_skipped_list_and_a_verdict_writes_its_own(
+        clean_corpus, monkeypatch):
+    """skipped.txt describes the outputs beside it: Ctrl-C or a crash leaves the last run's list (and no
+    .tmp); a run that ends in 'no usable training utterance' writes the list that explains it."""
+    listing = clean_corpus / "annotation" / "train.txt"
+    with open(listing, "a", encoding="utf-8") as handle:
+        handle.write("no tab one\n")
+    cfg = prep_config(clean_corpus, clean_corpus / "annotation")
+    create_data(cfg)
+    skipped = clean_corpus / "out" / "skipped.txt"
+    before = skipped.read_bytes()
+    with open(listing, "a", encoding="utf-8") as handle:
+        handle.write("no tab two\n")
+
+    def fail_with(error):
+        def fail(*args):
+            raise error
+        return fail
+    for error in (KeyboardInterrupt(), OSError(errno.EIO, "I/O error")):
+        with monkeypatch.context() as patch:
+            patch.setattr(data_prep, "_feature_stats", fail_with(error))
+            with pytest.raises(type(error)):
+                create_data(cfg)
+        assert skipped.read_bytes() == before and not (clean_corpus / "out" / "skipped.txt.tmp").exists()
+    write_text(listing, ["no tab at all"])
+    with pytest.raises(DataPrepError, match="no usable training utterance"):
+        create_data(cfg)
+    assert [row[1:3] for row in read_skipped(skipped)] == [["1", "no tab; MASR lines are path<TAB>text"]]
+
+
+def test_ctrl_c_while_the_outputs_take_their_names_is_ignored(clean_corpus, monkeypatch):
+    """Interrupted halfway through the renames, new manifests would sit beside an old vocabulary."""
+    import signal
+
+    real_replace = os.replace
+    renamed = []
+
+    def replace_and_interrupt(source, target):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the first output takes its name
+        real_replace(source, target)
+        renamed.append(Path(target).name)
+    monkeypatch.setattr(data_prep.os, "replace", replace_and_interrupt)
+    try:
+        create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+    except KeyboardInterrupt:  # caught: left to pytest, it would stop the whole session
+        pytest.fail(f"Ctrl-C stopped the renames after {renamed}")
+    assert renamed == ["manifest.train", "manifest.test", "vocabulary.txt", "mean_std.npz"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_cli_ctrl_c_says_the_outputs_are_unchanged(clean_corpus):
+    out = clean_corpus / "out"
+    code = ("import sys; import create_data; from utils import data_prep\n"
+            "def interrupt(*args): raise KeyboardInterrupt\n"
+            "data_prep._feature_stats = interrupt\n"
+            f"sys.argv = ['create_data.py', '--annotation_path={clean_corpus / 'annotation'}', "
+            f"'--manifest_prefix={out / 'm'}', '--noise_dir={clean_corpus / 'no_noise'}', '--num_workers=2']\n"
+            "create_data.main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines()[-1] == ("create_data.py: interrupted; the outputs (manifests, vocabulary, "
+                                              "mean/std, skipped.txt) are unchanged, as the last run left them")
+    assert "Traceback" not in result.stderr and sorted(os.listdir(out)) == []
+
+
 def test_an_output_path_that_cannot_be_written_stops_before_the_work(tmp_path):
     listing = write_text(tmp_path / "in.txt", [f"{write_tone(tmp_path / 'a.wav', 0.5)}\tword"])
     (tmp_path / "a_file").write_text("")

@@ -65,11 +65,18 @@ Record = Union[Candidate, Skip]
 
 
 class SkipLog:
-    """skipped.txt as TSV (source, line, reason, raw line with tabs written \\t); always rewritten."""
+    """skipped.txt as TSV (source, line, reason, raw line with tabs written \\t).
 
-    def __init__(self, path: Path):
+    Written under a temporary name; it replaces the last run's list when the run finishes (`commit`, or
+    leaving the `with` block without an error) or ends in one of `complete_on` (a verdict such as "no
+    usable training utterance", which the list explains). Any other error, or Ctrl-C, leaves the last
+    run's list as it was: a partial list would no longer describe the outputs beside it."""
+
+    def __init__(self, path: Path, complete_on: tuple[type[BaseException], ...] = ()):
         self.path = path
         self.count = 0
+        self._complete_on = complete_on
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(path.name + ".tmp")
         self._handle = open(self._tmp, "w", encoding="utf-8")
@@ -81,12 +88,28 @@ class SkipLog:
         self._handle.write(f"{source}\t{line_no}\t{reason}\t{raw}\n")
         self.count += 1
 
+    def commit(self) -> None:
+        """The list takes its name, replacing the last run's (once; later calls do nothing)."""
+        if not self._closed:
+            self._closed = True
+            self._handle.close()
+            self._tmp.replace(self.path)
+
+    def discard(self) -> None:
+        """The temporary list is removed; the last run's stays (once; later calls do nothing)."""
+        if not self._closed:
+            self._closed = True
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
+
     def __enter__(self) -> "SkipLog":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._handle.close()
-        self._tmp.replace(self.path)
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None or issubclass(exc_type, self._complete_on):
+            self.commit()
+        else:
+            self.discard()
 
 
 def find_inputs(annotation_path: str) -> list[Path]:

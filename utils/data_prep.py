@@ -21,6 +21,8 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -51,6 +53,10 @@ MAX_COPY_LENGTH_DIFF = 2  # samples at the target rate a converted copy may diff
 
 class DataPrepError(ValueError):
     """create_data cannot produce usable output; the message says what to do."""
+
+
+class NothingToTrainOnError(DataPrepError):
+    """The inputs left nothing to train on; skipped.txt, written all the same, says why each line was left out."""
 
 
 @dataclass
@@ -89,7 +95,26 @@ def create_data(cfg: Config) -> PrepSummary:
     except InputError as err:
         raise DataPrepError(str(err)) from None
     summary = PrepSummary(skipped_path=str(Path(cfg.prep.manifest_prefix).parent / SKIPPED_NAME))
-    with _worker_pool(cfg.data.num_workers) as workers, SkipLog(Path(summary.skipped_path)) as skips:
+    with SkipLog(Path(summary.skipped_path), complete_on=(NothingToTrainOnError,)) as skips:
+        kept, train, test, noise, mean, std = _read_convert_and_measure(files, cfg, skips, summary)
+        vocab = Vocabulary.build((kept.text(row) for row in train), cfg.prep.count_threshold)
+        oov = [chars for chars in (vocab.unknown_chars(kept.text(row)) for row in test) if chars]
+        summary.oov_test = len(oov)
+        summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
+        summary.written, summary.removed = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std,
+                                                          skips)
+    summary.train, summary.test, summary.vocab_size = len(train), len(test), len(vocab)
+    summary.noise = len(noise.alive())
+    durations = kept.duration_array()
+    summary.train_hours = float(durations[train].sum()) / SECONDS_PER_HOUR
+    summary.test_hours = float(durations[test].sum()) / SECONDS_PER_HOUR
+    return summary
+
+
+def _read_convert_and_measure(files: list[Path], cfg: Config, skips: SkipLog, summary: PrepSummary) -> tuple:
+    """The worker pool's part: (kept, train rows, test rows, noise, mean, std); every line left out
+    goes to `skips`, and summary gets the resampled and skipped counts."""
+    with _worker_pool(cfg.data.num_workers) as workers:
         kept = _read_and_probe(files, cfg, skips, workers)
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
         _drop_test_audio_from_train(kept, train, test)
@@ -107,17 +132,7 @@ def create_data(cfg: Config) -> PrepSummary:
                 table.write_drops(skips, raw_lines)
         train, test = _require_train(kept, train, summary.skipped_path), kept.alive(test)
         summary.skipped = skips.count
-    vocab = Vocabulary.build((kept.text(row) for row in train), cfg.prep.count_threshold)
-    oov = [chars for chars in (vocab.unknown_chars(kept.text(row)) for row in test) if chars]
-    summary.oov_test = len(oov)
-    summary.oov_chars = "".join(sorted(set().union(*oov)))[:MAX_LISTED_CHARS]
-    summary.written, summary.removed = _write_outputs(cfg, kept, train, test, noise, vocab, mean, std)
-    summary.train, summary.test, summary.vocab_size = len(train), len(test), len(vocab)
-    summary.noise = len(noise.alive())
-    durations = kept.duration_array()
-    summary.train_hours = float(durations[train].sum()) / SECONDS_PER_HOUR
-    summary.test_hours = float(durations[test].sum()) / SECONDS_PER_HOUR
-    return summary
+    return kept, train, test, noise, mean, std
 
 
 def _check_config(cfg: Config) -> None:
@@ -161,8 +176,8 @@ def _require_train(kept: KeptTable, train: np.ndarray, skipped_path: str) -> np.
     """The training rows still alive; an error when none is."""
     train = kept.alive(train)
     if not len(train):
-        raise DataPrepError(f"no usable training utterance is left; every line was skipped or went to the "
-                            f"test set. See {skipped_path} for the reason of each skipped line")
+        raise NothingToTrainOnError(f"no usable training utterance is left; every line was skipped or went to the "
+                                    f"test set. See {skipped_path} for the reason of each skipped line")
     return train
 
 
@@ -178,8 +193,14 @@ def _worker_pool(count: int) -> Iterator[Workers]:
     if count <= 1:
         yield Workers(None, 1)
         return
-    with multiprocessing.get_context("fork").Pool(count) as pool:
+    with multiprocessing.get_context("fork").Pool(count, initializer=_ignore_sigint) as pool:
         yield Workers(pool, count)
+
+
+def _ignore_sigint() -> None:
+    """In each worker: Ctrl-C (sent to the whole process group) is the main process's to handle; it
+    stops the pool, so the workers print no traceback of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pmap(workers: Workers, func: Callable, items: Iterable, desc: str, unit: str = "utt",
@@ -422,8 +443,8 @@ def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
         for row, reason in failures:
             kept.drop(row, reason)
     if total.frames == 0:
-        raise DataPrepError("the sampled training audio gave no feature frames (all shorter than one window); "
-                            "raise --min_duration or check the audio")
+        raise NothingToTrainOnError("the sampled training audio gave no feature frames (all shorter than one "
+                                    "window); raise --min_duration or check the audio")
     return (*total.mean_std(), sample)
 
 
@@ -464,11 +485,13 @@ def _utterances(table: KeptTable, rows: np.ndarray, data_dir: Optional[str],
 
 
 def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.ndarray, noise: KeptTable,
-                   vocab: Vocabulary, mean: np.ndarray, std: np.ndarray) -> tuple[list[str], list[str]]:
-    """The outputs, each written under a temporary name (`<name>.new`); they take their names only once
-    all are written, so that an error (a full disk) leaves the last run's set whole, never new
-    manifests beside an old vocabulary, and no temporary file. With no noise clip, an earlier run's
-    <prefix>.noise is removed then (training would still mix its clips in). Returns (written, removed)."""
+                   vocab: Vocabulary, mean: np.ndarray, std: np.ndarray,
+                   skips: SkipLog) -> tuple[list[str], list[str]]:
+    """The outputs, each written under a temporary name (`<name>.new`); they take their names, and
+    skipped.txt its, only once all are written, so that an error (a full disk) or Ctrl-C leaves the last
+    run's set whole, never new manifests beside an old vocabulary, and no temporary file. With no noise
+    clip, an earlier run's <prefix>.noise is removed then (training would still mix its clips in).
+    Returns (written, removed)."""
     prefix, data_dir, feats = cfg.prep.manifest_prefix, cfg.data.data_dir, cfg.features
     noise_rows = noise.alive()
     manifests = {f"{prefix}.train": _utterances(kept, train, data_dir), f"{prefix}.test": _utterances(kept, test, data_dir)}
@@ -482,12 +505,32 @@ def _write_outputs(cfg: Config, kept: KeptTable, train: np.ndarray, test: np.nda
         vocab.save(staged[cfg.data.dataset_vocab])
         with open(staged[cfg.data.mean_std_path], "wb") as handle:
             save_mean_std(handle, mean, std, feats.feature_method, feats.sample_rate, feats.n_mels)
-        for path in outputs:
-            os.replace(staged[path], path)
         stale_noise = [] if len(noise_rows) or not os.path.lexists(f"{prefix}.noise") else [f"{prefix}.noise"]
-        for path in stale_noise:
-            os.remove(path)
+        _make_current(staged, stale_noise, skips)
     finally:
         for path in staged.values():
             Path(path).unlink(missing_ok=True)
     return outputs, stale_noise
+
+
+def _make_current(staged: dict[str, str], stale: list[str], skips: SkipLog) -> None:
+    """The renames (and removals) that make a run's outputs the current ones, with Ctrl-C ignored for
+    their few milliseconds: interrupted halfway they would pair new manifests with an old vocabulary."""
+    with _sigint_ignored():
+        for path, staged_path in staged.items():
+            os.replace(staged_path, path)
+        for path in stale:
+            os.remove(path)
+        skips.commit()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
