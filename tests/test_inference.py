@@ -263,6 +263,19 @@ def test_a_truncated_model_onnx_is_a_load_error_naming_the_file_and_the_fix(trai
         load_runner(cut_export)
 
 
+def test_a_cut_short_paddle_export_is_a_load_error_naming_the_files_and_the_fix(trained, tmp_path):
+    from utils.inference import ModelLoadError, load_runner
+
+    cut_export = tmp_path / "infer"
+    shutil.copytree(trained["infer"], cut_export)
+    params = cut_export / "model.pdiparams"
+    params.write_bytes(params.read_bytes()[:params.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(ModelLoadError, match=rf"{re.escape(str(params))} cannot be loaded \(damaged or cut short: "
+                                             r".*\); export again with python tools/export_model.py, or use ONNX "
+                                             r"Runtime with --runtime=onnx"):
+        load_runner(cut_export, "paddle")
+
+
 def _cut_vocabulary(folder: Path, keep: int) -> None:
     vocab = folder / "vocabulary.txt"
     vocab.write_text("".join(vocab.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]), encoding="utf-8")

@@ -227,7 +227,13 @@ class ExportedRunner:
             config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
         elif hasattr(config, "disable_mkldnn"):
             config.disable_mkldnn()
-        self.predictor = inference.create_predictor(config)
+        try:
+            self.predictor = inference.create_predictor(config)
+        except (RuntimeError, ValueError, OSError) as err:  # Paddle's parse and read errors, all RuntimeError
+            detail = str(err).strip().splitlines()[0][:200]
+            raise ModelLoadError(f"{program} or {folder / (EXPORT_PREFIX + '.pdiparams')} cannot be loaded "
+                                 f"(damaged or cut short: {detail}); export again with python "
+                                 f"tools/export_model.py, or use ONNX Runtime with --runtime=onnx") from None
 
     def __call__(self, feats: np.ndarray, feat_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         names = self.predictor.get_input_names()
