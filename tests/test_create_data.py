@@ -445,6 +445,23 @@ def test_cr_and_utf16_lists_read_line_by_line(tmp_path):
             ["3", "no tab; MASR lines are path<TAB>text", "no tab here"]], name
 
 
+def test_a_stray_cr_inside_a_line_of_an_lf_file_is_a_space_not_a_line_end(tmp_path):
+    """Only a file with no LF at all has its lines end at CR: elsewhere a CR cut the transcript short and
+    shifted every later line number. CRLF files read as before."""
+    tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5) for name in "abc"]
+    lines = [f"{tones[0]}\tone\rtwo", "no tab here", f"{tones[1]}\tthree", f"{tones[2]}\tfour"]
+    (tmp_path / "lf.txt").write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
+    (tmp_path / "crlf.txt").write_bytes("".join(line + "\r\n" for line in lines).encode("utf-8"))
+    (tmp_path / "in.csv").write_bytes(f"{tones[0]},1,one\rtwo\n{tones[1]},1,\"three\rfour\"\n".encode("utf-8"))
+    for name in ("lf.txt", "crlf.txt"):
+        create_data(prep_config(tmp_path, tmp_path / name, **{"prep.test_every": 0}))
+        assert sorted(t["text"] for t in manifest(tmp_path, "train")) == ["four", "one two", "three"], name
+        assert [row[1:] for row in read_skipped(tmp_path / "out" / "skipped.txt")] == [
+            ["2", "no tab; MASR lines are path<TAB>text", "no tab here"]], name
+    create_data(prep_config(tmp_path, tmp_path / "in.csv", **{"prep.test_every": 0}))
+    assert sorted(t["text"] for t in manifest(tmp_path, "train")) == ["one two", "three four"]
+
+
 def test_json_values_that_are_not_strings_are_skipped(tmp_path):
     good = write_tone(tmp_path / "good.wav", 0.5)
     write_text(tmp_path / "in.jsonl", [json.dumps({"audio_filepath": str(good), "text": "ok"}),

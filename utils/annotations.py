@@ -14,10 +14,12 @@ file whose stem is `test` (`test.txt`) holds the test set.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 from utils.text import TextError, normalize_text
 
@@ -187,8 +189,8 @@ def decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
 
 
 def _file_lines(path: Path) -> Iterator[bytes]:
-    """The file's lines without their ends, split at LF, CRLF or a lone CR (old Mac files, which would
-    otherwise read as one line); a UTF-16 file with its BOM (Windows Notepad's "Unicode") as UTF-8."""
+    """The file's lines without their ends; a UTF-16 file with its BOM (Windows Notepad's "Unicode")
+    as UTF-8."""
     with open(path, "rb") as handle:
         if handle.read(2) in UTF16_BOMS:
             handle.seek(0)
@@ -197,11 +199,23 @@ def _file_lines(path: Path) -> Iterator[bytes]:
             except UnicodeDecodeError:
                 yield b"\xff\xfe not valid UTF-16 text"  # not UTF-8 either: reported as such, with its line
                 return
-            yield from data.splitlines()
+            yield from _split_lines(io.BytesIO(data))
             return
         handle.seek(0)
-        for data in handle:  # bytes.splitlines splits at LF, CRLF and CR only (str.splitlines at more)
-            yield from data.splitlines() if b"\r" in data.rstrip(b"\r\n") else (data.rstrip(b"\r\n"),)
+        yield from _split_lines(handle)
+
+
+def _split_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """Lines end at LF or CRLF; a lone CR inside a line stays in it (a stray one must not cut a transcript
+    short and shift every later line number; normalize_text makes it a space). Only a file with no LF at
+    all (old Mac files, which would otherwise read as one line) has its lines end at CR."""
+    first = handle.readline()  # the whole file when it holds no LF
+    if not first.endswith(b"\n"):
+        yield from first.splitlines()  # bytes.splitlines splits at LF, CRLF and CR only (str.splitlines at more)
+        return
+    for data in itertools.chain((first,), handle):
+        data = data.removesuffix(b"\n")
+        yield data.removesuffix(b"\r")
 
 
 def _not_utf8() -> LineError:
@@ -253,7 +267,11 @@ def _read_csv(path: Path) -> Iterator[ParsedLine]:
         if line is None:
             yield line_no, _not_utf8(), raw
             continue
-        row = next(csv.reader([line]))
+        try:
+            row = next(csv.reader([line.replace("\r", " ")]))  # a stray CR is no line end here (_split_lines)
+        except csv.Error as err:
+            yield line_no, LineError(f"not valid CSV ({err})"), raw
+            continue
         if columns is None:
             columns = _csv_columns(row)
             if columns is not None:
