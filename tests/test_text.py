@@ -22,6 +22,13 @@ NORMALIZED = [
     ("co\u00adoperate", "cooperate"),                 # soft hyphen: invisible, no word break
     ("hel\u200blo wor\u200dld", "hello world"),       # zero-width space and joiner
     ("\u200eİstanbul", "istanbul"),                   # left-to-right mark; 'İ'.lower() leaves U+0307
+    ("'Hello,' she said", "hello she said"),          # an apostrophe not between two letters is a quote mark
+    ("‘single’ and `back`", "single and back"),
+    ("o'clock, it’s", "o'clock it's"),
+    ("'cause goin' rock 'n' roll", "cause goin rock n roll"),  # clipped words lose it (the demo corpus's rule)
+    ("don''t", "don t"),
+    ("你'好 a'你", "你好 a 你"),
+    ("café's", "cafe's"),                             # between letters once accents are folded
 ]
 
 
@@ -35,6 +42,8 @@ def test_normalize_text_pairs(raw, expected):
     ("第3章", "spell numbers out as words"),
     ("", "empty transcript"),
     ("  !?。 ", "empty transcript"),
+    ("'", "empty transcript"),                        # apostrophes alone
+    ("‘’ '' `", "empty transcript"),
     ("привет", "unsupported character"),
 ])
 def test_normalize_text_errors(raw, message):

@@ -2,10 +2,13 @@
 
 Tokens are characters: each CJK character is a token, each Latin letter or apostrophe is
 a token, and a space between words is the token `<space>` (the name the CTC beam-search
-decoder needs to find word boundaries).
+decoder needs to find word boundaries). An apostrophe is kept only between two letters
+(don't, it's, o'clock); anywhere else it is a quotation mark and becomes a space, so
+'cause and goin' lose theirs (cause, goin), as in the demo corpus's cleaning.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -18,6 +21,7 @@ UNK = "<unk>"
 SPACE = "<space>"
 BLANK_ID = 0
 UNK_ID = 1
+APOSTROPHE_NOT_INSIDE_A_WORD = re.compile(r"(?<![a-z])'|'(?![a-z])")
 
 
 class TextError(ValueError):
@@ -30,7 +34,7 @@ def is_cjk(char: str) -> bool:
 
 
 def _fold_char(char: str) -> str:
-    """Map one NFKC character to what we keep: CJK, a-z, apostrophe, space or '' (dropped)."""
+    """Map one NFKC character to what we keep: CJK, a-z, apostrophe (any of ’‘`), space or '' (dropped)."""
     if is_cjk(char) or ("a" <= char <= "z") or char == "'":
         return char
     if char in "’‘`":
@@ -48,16 +52,17 @@ def _fold_char(char: str) -> str:
 
 
 def normalize_text(text: str, to_simplified: bool = False) -> str:
-    """Lowercase, full-width -> half-width, punctuation -> space, keep CJK, letters, apostrophes.
+    """Lowercase, full-width -> half-width, punctuation -> space, keep CJK, letters, and apostrophes
+    between two letters (others are quotation marks: a space).
 
     Spaces between two CJK characters are removed; runs of spaces collapse to one.
     Raises TextError for characters we cannot model (digits, other scripts) and for
-    transcripts that end up empty.
+    transcripts that end up empty (no letter or CJK character left).
     """
     text = unicodedata.normalize("NFKC", text).lower()
     if to_simplified:
         text = _to_simplified(text)
-    folded = "".join(_fold_char(c) for c in text)
+    folded = APOSTROPHE_NOT_INSIDE_A_WORD.sub(" ", "".join(_fold_char(c) for c in text))
     words = folded.split()
     if not words:
         raise TextError("empty transcript")
