@@ -6,6 +6,7 @@ import re
 import pytest
 import yaml
 
+from conftest import ROOT
 from utils.config import Config, ConfigError, from_dict, parse_args, save_config, to_dict
 
 
@@ -209,3 +210,43 @@ def test_help_lists_the_values_of_the_yaml_a_run_starts_from(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "with the defaults (config file" in shown and "does not exist" in shown
     assert f"--model.rnn_size={Config().model.rnn_size} " in shown
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--metrics_type=CER", "'train.metrics_type' must be one of cer, wer, got 'CER'"),
+    ("--eval_decoder=ctc_beam", "'train.eval_decoder' must be one of ctc_greedy, ctc_beam_search, got 'ctc_beam'"),
+    ("--scheduler=cosine", "'train.scheduler' must be one of warmup_exponential, warmup_halflife, constant, "
+                           "got 'cosine'"),
+    ("--optimizer=sgd", "'train.optimizer' must be one of adam, adamw, got 'sgd'"),
+    ("--halflife_steps=0", "'train.halflife_steps' must be >= 1, got 0"),
+    ("--log_interval=0", "'train.log_interval' must be >= 1, got 0"),
+    ("--accum_grad=0", "'train.accum_grad' must be >= 1, got 0"),
+    ("--batch_size=0", "'train.batch_size' must be >= 1, got 0"),
+    ("--keep_last=-1", "'train.keep_last' must be >= 0, got -1"),
+    ("--learning_rate=0", "'train.learning_rate' must be > 0, got 0.0"),
+    ("--decay_rate=1.5", "'train.decay_rate' must be in (0, 1], got 1.5"),
+    ("--rnn_type=rnn", "'model.rnn_type' must be one of gru, lstm, got 'rnn'"),
+    ("--loader=torch", "'data.loader' must be one of slots, paddle, got 'torch'"),
+    ("--feature_method=mfcc", "'features.feature_method' must be one of linear, fbank, got 'mfcc'"),
+    ("--cpu_kernels=cuda", "'train.cpu_kernels' must be one of auto, fused, paddle, got 'cuda'"),
+    ("--thread_placement=pinned", "'train.thread_placement' must be one of auto, off, got 'pinned'"),
+    ("--runtime=tvm", "'infer.runtime' must be one of onnx, paddle, got 'tvm'"),
+])
+def test_training_keys_out_of_range_fail_at_load_naming_key_and_values(arg, message):
+    """Checked when the config is built, not after an epoch of training (or mid-run, as a division by zero)."""
+    with pytest.raises(ConfigError, match=re.escape(f"command line: config key {message}; fix the value")):
+        parse(arg)
+
+
+def test_the_choices_are_the_ones_the_modules_act_on():
+    from utils import config, cpu_kernels, data, decoders, features, inference, metrics, placement
+
+    assert config.FEATURE_METHODS == features.FEATURE_METHODS and config.LOADERS == data.LOADERS
+    assert config.CPU_KERNELS == cpu_kernels.CHOICES and config.THREAD_PLACEMENTS == placement.CHOICES
+    assert config.METRICS == metrics.METRICS and config.DECODERS == decoders.DECODER_NAMES
+    assert config.RUNTIMES == inference.RUNTIMES
+
+
+@pytest.mark.parametrize("name", ["deepspeech2.yml", "demo.yml", "demo_zh.yml", "tiny.yml"])
+def test_the_shipped_configs_pass_every_check(name):
+    parse(f"--configs={ROOT / 'conf' / name}")  # raises ConfigError on a value out of its range

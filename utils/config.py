@@ -22,7 +22,26 @@ import yaml
 
 Check = tuple[str, Callable[[Any], bool]]  # (the values allowed, in words; the test of a value)
 AT_LEAST_1: Check = (">= 1", lambda v: v >= 1)
+AT_LEAST_0: Check = (">= 0", lambda v: v >= 0)
 NONE_WORDS = ("None", "none", "null")  # command-line spellings of None
+
+
+def one_of(*choices: str) -> Check:
+    """A key that takes one of a few words (the modules that act on them keep the same tuples; the
+    config tests compare the two)."""
+    return (f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+FEATURE_METHODS = ("linear", "fbank")  # utils.features.FEATURE_METHODS
+RNN_TYPES = ("gru", "lstm")  # utils.model
+LOADERS = ("slots", "paddle")  # utils.data.LOADERS
+OPTIMIZERS = ("adam", "adamw")  # utils.training.build_optimizer
+SCHEDULERS = ("warmup_exponential", "warmup_halflife", "constant")  # utils.training.learning_rate_at
+CPU_KERNELS = ("auto", "fused", "paddle")  # utils.cpu_kernels.CHOICES
+THREAD_PLACEMENTS = ("auto", "off")  # utils.placement.CHOICES
+METRICS = ("cer", "wer")  # utils.metrics.METRICS
+DECODERS = ("ctc_greedy", "ctc_beam_search")  # utils.decoders.DECODER_NAMES
+RUNTIMES = ("onnx", "paddle")  # utils.inference.RUNTIMES
 
 
 def _key(default, help_text: str, check: Optional[Check] = None):
@@ -45,16 +64,17 @@ class DataConfig:
     data_dir: Optional[str] = _key(None, "relative audio paths resolve against this folder (else the working dir)")
     min_duration: float = _key(0.5, "shortest utterance kept, seconds")
     max_duration: float = _key(20.0, "longest utterance kept, seconds")
-    num_workers: int = _key(2, "worker processes for features (create_data and the training loader)")
+    num_workers: int = _key(2, "worker processes for features (create_data and the training loader)", AT_LEAST_0)
     loader: str = _key("slots", "training loader: slots (our workers pad batches into reused shared memory) "
-                                "or paddle (paddle.io.DataLoader)")
+                                "or paddle (paddle.io.DataLoader)", one_of(*LOADERS))
 
 
 @dataclass
 class FeatureConfig:
-    feature_method: str = _key("linear", "linear (161-dim spectrogram, DeepSpeech2) or fbank (n_mels log-mel)")
-    sample_rate: int = _key(16000, "audio is resampled to this rate")
-    n_mels: int = _key(80, "mel bands for fbank")
+    feature_method: str = _key("linear", "linear (161-dim spectrogram, DeepSpeech2) or fbank (n_mels log-mel)",
+                               one_of(*FEATURE_METHODS))
+    sample_rate: int = _key(16000, "audio is resampled to this rate", AT_LEAST_1)
+    n_mels: int = _key(80, "mel bands for fbank", AT_LEAST_1)
 
 
 @dataclass
@@ -62,9 +82,9 @@ class ModelConfig:
     conv_channels: list[int] = _key([32, 32], "output channels of each 2-D convolution")
     conv_kernels: list[list[int]] = _key([[41, 11], [21, 11]], "kernel [freq, time] of each convolution")
     conv_strides: list[list[int]] = _key([[2, 2], [2, 1]], "stride [freq, time] of each convolution")
-    rnn_type: str = _key("gru", "gru or lstm")
-    num_rnn_layers: int = _key(3, "recurrent layers")
-    rnn_size: int = _key(1024, "hidden units per direction")
+    rnn_type: str = _key("gru", "gru or lstm", one_of(*RNN_TYPES))
+    num_rnn_layers: int = _key(3, "recurrent layers", AT_LEAST_1)
+    rnn_size: int = _key(1024, "hidden units per direction", AT_LEAST_1)
     bidirectional: bool = _key(False, "bidirectional RNN (offline) or forward only (streaming)")
 
 
@@ -73,35 +93,42 @@ class TrainConfig:
     use_model: str = _key("deepspeech2", "name of the model folder under save_model_path")
     save_model_path: str = _key("models", "checkpoints go to <save_model_path>/<use_model>/")
     log_dir: str = _key("log", "VisualDL log folder")
-    batch_size: int = _key(16, "utterances per batch per device")
-    num_epoch: int = _key(30, "epochs")
-    max_steps: int = _key(0, "stop after this many optimizer steps (0: run num_epoch epochs)")
-    num_iters_per_epoch: int = _key(0, "batches per epoch (0: the whole manifest)")
-    learning_rate: float = _key(5e-4, "peak learning rate")
-    optimizer: str = _key("adamw", "adam or adamw")
-    weight_decay: float = _key(1e-6, "weight decay")
-    scheduler: str = _key("warmup_exponential", "warmup_exponential, warmup_halflife or constant")
-    warmup_steps: int = _key(500, "linear warm-up steps")
-    hold_steps: int = _key(0, "steps at peak learning rate after warm-up")
-    decay_rate: float = _key(0.9999, "per-step multiplier after hold (warmup_exponential)")
-    halflife_steps: int = _key(10000, "steps for the learning rate to halve (warmup_halflife)")
-    min_learning_rate: float = _key(1e-6, "learning rate never decays below this")
-    grad_clip: float = _key(5.0, "global gradient-norm clip (0: off)")
-    accum_grad: int = _key(1, "batches accumulated per optimizer step")
+    batch_size: int = _key(16, "utterances per batch per device", AT_LEAST_1)
+    num_epoch: int = _key(30, "epochs", AT_LEAST_1)
+    max_steps: int = _key(0, "stop after this many optimizer steps (0: run num_epoch epochs)", AT_LEAST_0)
+    num_iters_per_epoch: int = _key(0, "batches per epoch (0: the whole manifest)", AT_LEAST_0)
+    learning_rate: float = _key(5e-4, "peak learning rate", ("> 0", lambda v: v > 0))
+    optimizer: str = _key("adamw", "adam or adamw", one_of(*OPTIMIZERS))
+    weight_decay: float = _key(1e-6, "weight decay", AT_LEAST_0)
+    scheduler: str = _key("warmup_exponential", "warmup_exponential, warmup_halflife or constant",
+                          one_of(*SCHEDULERS))
+    warmup_steps: int = _key(500, "linear warm-up steps", AT_LEAST_0)
+    hold_steps: int = _key(0, "steps at peak learning rate after warm-up", AT_LEAST_0)
+    decay_rate: float = _key(0.9999, "per-step multiplier after hold (warmup_exponential)",
+                             ("in (0, 1]", lambda v: 0 < v <= 1))
+    halflife_steps: int = _key(10000, "steps for the learning rate to halve (warmup_halflife)", AT_LEAST_1)
+    min_learning_rate: float = _key(1e-6, "learning rate never decays below this", AT_LEAST_0)
+    grad_clip: float = _key(5.0, "global gradient-norm clip (0: off)", AT_LEAST_0)
+    accum_grad: int = _key(1, "batches accumulated per optimizer step", AT_LEAST_1)
     use_amp: bool = _key(False, "float16 mixed precision (GPU only)")
     cpu_kernels: str = _key("auto", "the step's convolutions, norms, recurrent layers and CTC loss on the CPU: fused "
-                                    "(our C++ kernels, built with g++), paddle, or auto (fused when they build)")
+                                    "(our C++ kernels, built with g++), paddle, or auto (fused when they build)",
+                              one_of(*CPU_KERNELS))
     thread_placement: str = _key("auto", "on the CPU: auto pins OpenMP thread t to core t and runs loader workers "
-                                         "at idle priority on the other cores (utils/placement.py); off: the OS")
+                                         "at idle priority on the other cores (utils/placement.py); off: the OS",
+                                  one_of(*THREAD_PLACEMENTS))
     keep_freed_memory: bool = _key(True, "glibc keeps freed tensors' memory for the next step instead of "
                                          "faulting it in again (utils/allocator.py)")
     scale_lr_by_world_size: bool = _key(False, "multiply learning_rate by the number of processes")
-    log_interval: int = _key(20, "batches between log lines")
-    save_step: int = _key(0, "also save epoch_N every this many batches (0: once per epoch)")
-    keep_last: int = _key(3, "epoch_N folders kept")
-    metrics_type: str = _key("cer", "cer or wer, picks best_model")
-    eval_decoder: str = _key("ctc_greedy", "decoder for the per-epoch test evaluation")
-    max_nan_in_row: int = _key(10, "stop after this many batches in a row with a non-finite loss or gradient")
+    log_interval: int = _key(20, "batches between log lines", AT_LEAST_1)
+    save_step: int = _key(0, "also save last_model every this many batches (0: only at the end of each epoch, "
+                             "which saves epoch_N and last_model)", AT_LEAST_0)
+    keep_last: int = _key(3, "epoch_N folders kept, the newest (0: keep every one)", AT_LEAST_0)
+    metrics_type: str = _key("cer", "cer or wer, picks best_model", one_of(*METRICS))
+    eval_decoder: str = _key("ctc_greedy", "decoder for the per-epoch test evaluation: ctc_greedy, or "
+                                           "ctc_beam_search with the decode keys", one_of(*DECODERS))
+    max_nan_in_row: int = _key(10, "stop after this many batches in a row with a non-finite loss or gradient",
+                               AT_LEAST_1)
     seed: int = _key(1000, "random seed (weights, shuffling, augmentation)")
     deterministic: bool = _key(False, "deterministic kernels and single-thread loading, for reproducible runs")
     resume_model: Optional[str] = _key(None, "train.py: resume from this model folder (default: last_model if "
@@ -112,7 +139,7 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search")
+    decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search")  # eval.py and infer.py name a wrong one
     lang_model_path: Optional[str] = _key("lm/demo_en.arpa", "KenLM model (ARPA, .arpa.gz or binary) for "
                                                              "beam search; None or '': beam search without LM")
     alpha: float = _key(1.0, "language model weight")
@@ -149,7 +176,8 @@ class InferConfig:
                                            "when exported from the current best_model, else best_model)")
     is_long_audio: bool = _key(False, "split at silences and decode piece by piece")
     timestamps: bool = _key(False, "print word (English) or character (Chinese) times")
-    runtime: str = _key("onnx", "exported models (infer, eval, tune): onnx (ONNX Runtime) or paddle (Paddle Inference)")
+    runtime: str = _key("onnx", "exported models (infer, eval, tune): onnx (ONNX Runtime) or paddle (Paddle Inference)",
+                        one_of(*RUNTIMES))
 
 
 @dataclass
