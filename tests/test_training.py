@@ -19,6 +19,7 @@ import utils.training as training
 from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
 from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
+from utils.runlog import read_points
 from utils.audio import AudioError
 from utils.augment import load_augmentation
 from utils.data import (BatchSampler, RunSampler, SpeechDataset, epoch_batches, make_loader, run_batches,
@@ -31,6 +32,7 @@ from utils.text import Vocabulary
 
 AUGMENTATION = str(ROOT / "conf" / "augmentation.json")
 REAL_EVALUATE, REAL_CTC_LOSS = training.evaluate, training.ctc_loss_per_utterance  # before any monkeypatch
+REAL_WRITE_STATE = training.write_state
 
 
 # ----------------------------------------------------------------------------- SortaGrad sampler
@@ -375,6 +377,79 @@ def test_optimizer_state_loads_into_a_process_that_built_other_layers_first(tmp_
     with pytest.raises(CheckpointError, match="'head.weight', which this model does not have"):
         load_optimizer_state(headless, paddle.optimizer.AdamW(parameters=headless.parameters()),
                              tmp_path / "optimizer.pdopt")
+
+
+@pytest.mark.parametrize("fault", ["evaluation_fails", "killed_after_the_curves"])
+def test_an_epoch_end_is_saved_before_its_evaluation_and_evaluated_on_the_next_start(
+        fault, spoken_corpus, tmp_path, tmp_path_factory, monkeypatch):
+    """The second epoch's evaluation fails (a test file gone, say), or the run dies after it logged the
+    test curves but before its result reached state.json: the epoch's training is in epoch_2 and
+    last_model, and the next start evaluates it first, ending as the uninterrupted run."""
+    reference = reference_run(spoken_corpus, tmp_path_factory.getbasetemp() / "resume_reference", 1)
+    first = resume_config(spoken_corpus, tmp_path)
+    calls = []
+
+    def evaluate_fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("test.wav: file not found")
+        return REAL_EVALUATE(*args, **kwargs)
+
+    def write_state_dies_second(folder, state):
+        calls.append(1)
+        if len(calls) == 3:  # epoch_1, last_model, then epoch_2's
+            raise RuntimeError("killed")
+        return REAL_WRITE_STATE(folder, state)
+    if fault == "evaluation_fails":
+        monkeypatch.setattr(training, "evaluate", evaluate_fails_second)
+    else:
+        monkeypatch.setattr(training, "write_state", write_state_dies_second)
+    with pytest.raises((ValueError, RuntimeError)):
+        training.train(first)
+    monkeypatch.undo()
+    for name in ("last_model", "epoch_2"):
+        saved = load_state(model_folder(first, name))
+        assert (saved.epoch, saved.batch_in_epoch, saved.step, len(saved.history)) == (2, 0, 8, 1)
+    assert load_state(model_folder(first, "best_model")).epoch == 1
+
+    resumed = resume_config(spoken_corpus, tmp_path)
+    training.train(resumed)
+    assert_same_run(resumed, reference)
+    log = (model_folder(resumed).parent / "train.log").read_text(encoding="utf-8")
+    assert "evaluating epoch 2: its end was saved, its evaluation did not end" in log
+    assert [h["epoch"] for h in load_state(model_folder(resumed, "epoch_2")).history] == [0, 1]
+    points = read_points(Path(resumed.train.log_dir) / resumed.train.use_model)
+    assert sorted(p for p in points if p[0] == "Test/Loss") == [("Test/Loss", 1), ("Test/Loss", 2), ("Test/Loss", 3)]
+    best = load_state(model_folder(resumed, "best_model"))
+    assert (best.best_epoch, best.epoch) == (reference[1]["best_epoch"], reference[1]["best_epoch"] + 1)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"train__eval_decoder": "ctc_beam_search", "decode__lang_model_path": "/nonexistent/lm.arpa"},
+     r"the per-epoch evaluation cannot decode with train.eval_decoder=ctc_beam_search: language model "
+     r"/nonexistent/lm.arpa does not exist: .* \(or pass --eval_decoder=ctc_greedy\)"),
+    ({"train__metrics_type": "CER"}, "train.metrics_type is 'CER'; use one of cer, wer"),
+    ({"data__augment_conf_path": str(TINY_YAML)}, rf"{TINY_YAML}:1: not valid JSON"),
+    ({"model__rnn_type": "rnn"}, "model.rnn_type must be gru or lstm, not 'rnn'"),
+])
+def test_what_would_fail_after_an_epoch_fails_before_the_first_step(setting, message, spoken_corpus, tmp_path,
+                                                                   monkeypatch):
+    """(tiny_config sets keys past the config's checks, as a program building its Config may.)"""
+    monkeypatch.setattr(training, "_train_step", Interrupt(1, AssertionError("a step ran")))
+    with pytest.raises(training.TrainingError, match=message):
+        training.train(tiny_config(spoken_corpus, tmp_path, **setting))
+    assert not model_folder(tiny_config(spoken_corpus, tmp_path)).exists()
+
+
+def test_train_py_prints_one_line_for_a_bad_augmentation_file(spoken_corpus, tmp_path):
+    args = [f"--configs={TINY_YAML}", f"--train_manifest={spoken_corpus / 'manifest.train'}",
+            f"--test_manifest={spoken_corpus / 'manifest.test'}", f"--dataset_vocab={spoken_corpus / 'vocabulary.txt'}",
+            f"--mean_std_path={spoken_corpus / 'mean_std.npz'}", f"--save_model_path={tmp_path / 'models'}",
+            f"--log_dir={tmp_path / 'log'}", f"--augment_conf_path={TINY_YAML}"]
+    done = subprocess.run([sys.executable, str(ROOT / "train.py")] + args, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {TINY_YAML}:1: not valid JSON (Expecting value)"
 
 
 def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):

@@ -41,7 +41,7 @@ class TrainState:
     metrics_type: str = "cer"
     nan_skipped: int = 0
     scaler: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)  # per epoch: {"epoch", "test_loss", "test_error"}
+    history: list = field(default_factory=list)  # per epoch: {"epoch", "step", "test_loss", "test_<metric>"}
     format_version: int = FORMAT_VERSION
 
 
@@ -139,6 +139,24 @@ def save_checkpoint(folder: str | Path, model: paddle.nn.Layer, optimizer, state
     return folder
 
 
+def write_state(folder: str | Path, state: TrainState) -> None:
+    """Replace the state.json of a complete model folder, its tensors unchanged (an epoch's test result
+    goes into the folders saved at its end): a new file renamed over the old one, atomic on its own."""
+    path = Path(folder) / STATE_FILE
+    tmp = path.with_name(".tmp-" + STATE_FILE)
+    try:
+        tmp.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path} ({err}); the {path.parent.name} folder holds the state "
+                              f"saved before. Free disk space or fix permissions of {path.parent}, then run "
+                              f"again to resume") from err
+
+
 def copy_checkpoint(source: Path, folder: Path) -> None:
     """Atomically make `folder` a copy of the complete folder `source` (best_model, epoch_N)."""
     tmp = folder.with_name(".tmp-" + folder.name)
@@ -186,9 +204,11 @@ def _progress(folder: Path) -> tuple[int, int, int]:
 def finish_epoch_end(model_root: str | Path) -> list[str]:
     """Finish an end of epoch that a crash cut short, so that no finished epoch is lost.
 
-    An epoch ends by saving epoch_N, then copying it to last_model and, if it was the best,
-    to best_model (a Ctrl-C there saves last_model instead). When the newest checkpoint
-    marks a finished epoch (batch 0 of the next), make sure all of them hold it.
+    An epoch ends by saving epoch_N, copying it to last_model, evaluating it, writing the test
+    result into epoch_N's and then last_model's state.json and, if it was the best, copying it to
+    best_model (a Ctrl-C during the evaluation saves last_model as it was; the next start evaluates
+    it). When the newest checkpoint marks a finished epoch (batch 0 of the next), make sure all of
+    them hold it.
     """
     model_root, notes = Path(model_root), []
     folders = [p for p in model_root.glob("epoch_*") if p.name[6:].isdigit() and is_complete(p)]

@@ -20,14 +20,16 @@ from utils import allocator, cpu_kernels, feature_kernels, local_processes, plac
 from utils.augment import load_augmentation
 from utils.audio import AudioError
 from utils.batch_workers import LoaderWorkerError
-from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
-                              finish_epoch_end, is_complete, load_config, load_optimizer_state, load_state,
-                              load_tensors, missing_files, recover, remove_checkpoint, save_checkpoint)
-from utils.config import Config, print_config, save_config
+from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState,
+                              copy_checkpoint, finish_epoch_end, is_complete, load_config, load_optimizer_state,
+                              load_state, load_tensors, missing_files, recover, remove_checkpoint,
+                              save_checkpoint, write_state)
+from utils.config import OPTIMIZERS, SCHEDULERS, Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
 from utils.manifest import read_manifest, read_manifest_table
+from utils.metrics import METRICS
 from utils.model import build_model, count_parameters
 from utils.runlog import RunLog, format_duration
 from utils.text import Vocabulary
@@ -50,8 +52,7 @@ def learning_rate_at(step: int, cfg: Config, world_size: int = 1) -> float:
         return max(t.min_learning_rate, peak * t.decay_rate ** decay_steps)
     if t.scheduler == "warmup_halflife":
         return max(t.min_learning_rate, peak * 0.5 ** (decay_steps / t.halflife_steps))
-    raise TrainingError(f"unknown train.scheduler '{t.scheduler}'; use warmup_exponential, warmup_halflife "
-                        f"or constant")
+    raise TrainingError(f"unknown train.scheduler '{t.scheduler}'; use one of {', '.join(SCHEDULERS)}")
 
 
 def build_optimizer(cfg: Config, model: paddle.nn.Layer):
@@ -63,7 +64,7 @@ def build_optimizer(cfg: Config, model: paddle.nn.Layer):
     if t.optimizer == "adam":
         return paddle.optimizer.Adam(learning_rate=t.learning_rate, parameters=model.parameters(),
                                      weight_decay=t.weight_decay or None, grad_clip=clip)
-    raise TrainingError(f"unknown train.optimizer '{t.optimizer}'; use adam or adamw")
+    raise TrainingError(f"unknown train.optimizer '{t.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
 
 
 def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
@@ -182,6 +183,19 @@ class _Run:
         self.__dict__.update(parts)
 
 
+def _eval_decode_fn(cfg: Config, vocabulary: Vocabulary):
+    """The per-epoch evaluation's decode function, with its metric checked: made before training, so that
+    a wrong value costs no epoch (the config checks the words; this, the beam parameters and the LM file)."""
+    t = cfg.train
+    if t.metrics_type not in METRICS:
+        raise TrainingError(f"train.metrics_type is '{t.metrics_type}'; use one of {', '.join(METRICS)}")
+    try:
+        return make_decode_fn(t.eval_decoder, cfg.decode, vocabulary.tokens)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise TrainingError(f"the per-epoch evaluation cannot decode with train.eval_decoder={t.eval_decoder}: "
+                            f"{err} (or pass --eval_decoder=ctc_greedy)") from None
+
+
 def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     t = cfg.train
     paddle.seed(t.seed + rank)
@@ -192,6 +206,8 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
         raise TrainingError("train.use_amp needs a GPU build of Paddle; pass --use_amp=false on CPU")
     malloc_note = allocator.keep_freed_memory(t.keep_freed_memory)  # before the model's tensors
     vocabulary = Vocabulary.load(cfg.data.dataset_vocab)
+    # rank 0 evaluates: a bad decoder, beam parameter or LM file stops the run here, not after an epoch
+    decode_fn = _eval_decode_fn(cfg, vocabulary) if rank == 0 else None
     normalizer = load_mean_std(cfg.data.mean_std_path)
     if normalizer["feature_method"] != cfg.features.feature_method:
         raise TrainingError(f"{cfg.data.mean_std_path} holds {normalizer['feature_method']} statistics but "
@@ -222,7 +238,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 # busy thread (ours with num_workers 0, Paddle's reader with data.loader=paddle), whose
                 # locks a forked child could find held
                 test_loader=make_eval_loader(test_set, t.batch_size), log=log,
-                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=None,
+                state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=decode_fn,
                 epoch_padding=[], placement=run_placement, malloc_note=malloc_note,
                 interrupts=_Interrupts())  # its handler is installed by _loop
 
@@ -241,7 +257,8 @@ def _start_from(run: _Run) -> None:
         skipped = load_pretrained(run.model, run.cfg.train.pretrained_model)
         run.log.info(f"fine-tuning from {run.cfg.train.pretrained_model}; layers not loaded: "
                      f"{', '.join(skipped) or 'none'}")
-    dropped = run.log.start_curves(run.state.step, run.state.epoch)
+    evaluated = run.state.epoch - 1 if evaluation_pending(run.state) else run.state.epoch
+    dropped = run.log.start_curves(run.state.step, evaluated)  # Test/* of an epoch evaluated again go
     if dropped:
         since = f"after {folder}" if folder is not None else "by an earlier run (this one starts fresh)"
         run.log.info(f"VisualDL: dropped {dropped} points logged {since}")
@@ -451,34 +468,64 @@ def _stop_requested(run: _Run) -> bool:
 
 
 def _end_epoch(run: _Run) -> None:
-    """Evaluate on the test set, then save epoch_N, last_model and (if better) best_model."""
+    """Save the finished epoch as epoch_N and last_model, then evaluate it: an evaluation that fails or is
+    interrupted costs no training, and the next start evaluates the epoch first (evaluation_pending)."""
+    state = run.state
+    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    epoch_folder = _save(run, f"epoch_{state.epoch}")
+    copy_checkpoint(epoch_folder, run.model_root / "last_model")
+    _evaluate_epoch(run)
+    _prune_epochs(run)
+
+
+def evaluation_pending(state: TrainState) -> bool:
+    """Whether the state ends an epoch (batch 0 of the next) whose test result is not in it yet."""
+    return (state.epoch > 0 and state.batch_in_epoch == 0
+            and not any(entry.get("epoch") == state.epoch - 1 for entry in state.history))
+
+
+def _evaluate_epoch(run: _Run) -> None:
+    """Evaluate the epoch just finished (run.state at batch 0 of the next) and write the result into the
+    folders saved at its end (epoch_N, then last_model; last_model saved anew where it holds something
+    else), then copy last_model to best_model if the epoch is the best so far."""
     t, state = run.cfg.train, run.state
-    if run.decode_fn is None:
-        run.decode_fn = make_decode_fn(t.eval_decoder, run.cfg.decode, run.vocabulary.tokens)
-    run.interrupts.at_once = True  # the state changes only after the evaluation
+    saved = TrainState(**vars(state))  # as epoch_N and last_model hold it, before the result
+    run.interrupts.at_once = True  # nothing changes before the evaluation has ended
     try:
         result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
     finally:
         run.interrupts.at_once = False
     run.model.train()
+    finished = state.epoch - 1
     improved = state.best_metric is None or result.error_rate < state.best_metric
     if improved:
-        state.best_metric, state.best_epoch = result.error_rate, state.epoch
-    state.history.append({"epoch": state.epoch, "step": state.step, "test_loss": result.loss,
-                          f"test_{t.metrics_type}": result.error_rate})
-    run.log.info(f"epoch {state.epoch + 1} test: loss {result.loss:.4f} {t.metrics_type} "
+        state.best_metric, state.best_epoch = result.error_rate, finished
+    state.history = state.history + [{"epoch": finished, "step": state.step, "test_loss": result.loss,
+                                      f"test_{t.metrics_type}": result.error_rate}]
+    run.log.info(f"epoch {state.epoch} test: loss {result.loss:.4f} {t.metrics_type} "
                  f"{result.error_rate:.4f} (best {state.best_metric:.4f} at epoch {state.best_epoch + 1}), "
                  f"{len(result.references)} utterances in {result.wall_seconds:.1f}s; training padding waste "
                  f"{np.mean(run.epoch_padding or [0.0]):.3f} (padded / real frames)")
-    run.log.scalar("Test/Loss", result.loss, state.epoch + 1)
-    run.log.scalar(f"Test/{t.metrics_type}", result.error_rate, state.epoch + 1)
-    finished_epoch = state.epoch
-    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    epoch_folder = _save(run, f"epoch_{finished_epoch + 1}")
-    copy_checkpoint(epoch_folder, run.model_root / "last_model")
+    run.log.scalar("Test/Loss", result.loss, state.epoch)  # before state.json: a kill in between evaluates again,
+    run.log.scalar(f"Test/{t.metrics_type}", result.error_rate, state.epoch)  # and start_curves drops these
+    last = run.model_root / "last_model"
+    for folder in (run.model_root / f"epoch_{state.epoch}", last):
+        if _holds_state(folder, saved):
+            write_state(folder, state)
+        elif folder == last:
+            _save(run, "last_model")
     if improved:
-        copy_checkpoint(epoch_folder, run.model_root / "best_model")
-    _prune_epochs(run)
+        copy_checkpoint(last, run.model_root / "best_model")
+
+
+def _holds_state(folder: Path, state: TrainState) -> bool:
+    """Whether a model folder holds the checkpoint saved with `state` (its tensors are the run's now)."""
+    if not is_complete(folder):
+        return False
+    try:
+        return load_state(folder) == state
+    except CheckpointError:
+        return False
 
 
 def train(cfg: Config) -> str:
@@ -490,13 +537,16 @@ def train(cfg: Config) -> str:
     lock = FolderLock(model_root) if rank == 0 else None
     with lock or _NoLock():
         notes = recover(model_root) + finish_epoch_end(model_root) if rank == 0 else []
-        run = _setup(cfg, rank, world_size, model_root)
-        for note in notes:
-            run.log.info(note)
-        if rank == 0:
-            save_config(cfg, model_root / "config.yml")
-            save_config(cfg, Path(cfg.train.log_dir) / cfg.train.use_model / "config.yml")
-        _start_from(run)
+        try:
+            run = _setup(cfg, rank, world_size, model_root)
+            for note in notes:
+                run.log.info(note)
+            if rank == 0:
+                save_config(cfg, model_root / "config.yml")
+                save_config(cfg, Path(cfg.train.log_dir) / cfg.train.use_model / "config.yml")
+            _start_from(run)
+        except ValueError as err:  # a config value, the augmentation list, a manifest, the vocabulary, the
+            raise TrainingError(str(err)) from None  # model: inputs, whose messages name the file or key
         run.log.info(f"model: {count_parameters(run.model) / 1e6:.2f}M parameters, {len(run.vocabulary)} tokens, "
                      f"{len(run.train_set)} training utterances, {world_size} process(es), "
                      f"{os.environ.get('OMP_NUM_THREADS')} thread(s) each, batch {cfg.train.batch_size} per process")
@@ -510,6 +560,12 @@ def _loop(run: _Run) -> str:
     run.model.train()
     placement.apply(run.placement)
     try:
+        if evaluation_pending(run.state):  # the previous run saved an epoch's end but did not evaluate it
+            if run.rank == 0:
+                run.log.info(f"evaluating epoch {run.state.epoch}: its end was saved, its evaluation did not end")
+                _evaluate_epoch(run)
+            if run.world_size > 1:
+                paddle.distributed.barrier()
         while run.state.epoch < t.num_epoch and not (t.max_steps and run.state.step >= t.max_steps):
             finished = _run_epoch(run)
             if run.rank == 0 and finished:
