@@ -191,6 +191,39 @@ def test_nothing_usable_is_a_clear_error(tmp_path):
     assert len(read_skipped(tmp_path / "out" / "skipped.txt")) == 2
 
 
+def test_lists_without_a_line_say_so_rather_than_point_to_an_empty_skipped_list(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "blank.txt").write_text("\n  \n\t\n", encoding="utf-8")
+    (tmp_path / "in" / "header.csv").write_text("wav_filename,wav_filesize,transcript\n", encoding="utf-8")
+    with pytest.raises(DataPrepError) as raised:
+        create_data(prep_config(tmp_path, tmp_path / "in"))
+    assert str(raised.value) == (f"the annotation lists hold no lines (they are empty, blank or a CSV header only): "
+                                 f"{tmp_path / 'in' / 'blank.txt'}, {tmp_path / 'in' / 'header.csv'}; write one "
+                                 f"utterance a line (MASR: path<TAB>text) and rerun")
+
+
+def test_a_utf16_list_without_a_bom_is_named_as_such_and_skipped_txt_holds_no_nul(tmp_path):
+    tone = write_tone(tmp_path / "a.wav", 0.5)
+    (tmp_path / "u16.txt").write_bytes(f"{tone}\tone\n{tone}\t你好\n".encode("utf-16-le"))  # no BOM
+    with pytest.raises(DataPrepError, match="no usable training utterance"):
+        create_data(prep_config(tmp_path, tmp_path / "u16.txt"))
+    skipped = tmp_path / "out" / "skipped.txt"
+    assert b"\x00" not in skipped.read_bytes()
+    reason = "NUL bytes: UTF-16 without a BOM (or not a text file); re-save the file as UTF-8"
+    rows = read_skipped(skipped)
+    assert [row[1:3] for row in rows] == [["1", reason], ["2", reason], ["3", reason]]  # 3: the last LF's NUL
+    assert rows[0][3] == "".join(("\\t" if char == "\t" else char) + "\\x00" for char in f"{tone}\tone")
+
+
+def test_skipped_txt_escapes_control_characters_in_its_raw_column(tmp_path):
+    from utils.annotations import SkipLog
+
+    with SkipLog(tmp_path / "skipped.txt") as skips:
+        skips.add("in.txt", 7, "a\nreason", "a\x00b\tc\rd\x1be\x7ff\x85g\u2028h\\x00")
+    assert (tmp_path / "skipped.txt").read_text(encoding="utf-8").splitlines() == [
+        "source\tline\treason\traw", "in.txt\t7\ta reason\ta\\x00b\\tc\\rd\\x1be\\x7ff\\x85g\\u2028h\\x00"]
+
+
 @pytest.mark.parametrize("annotation", ["missing_folder", "empty_folder"])
 def test_missing_or_empty_annotation_path_is_a_clear_error(tmp_path, annotation):
     (tmp_path / "empty_folder").mkdir()

@@ -35,6 +35,11 @@ UTF8_BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SKIPPED_NAME = "skipped.txt"
 SKIPPED_HEADER = "source\tline\treason\traw"
+# skipped.txt's columns written with control characters (NUL from a UTF-16 list, ESC, ...) and line
+# separators escaped, so the file stays one row a line, readable as text
+_ESCAPED_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPED_CONTROLS.update({ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r",
+                          0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
 class InputError(ValueError):
@@ -67,7 +72,7 @@ Record = Union[Candidate, Skip]
 
 
 class SkipLog:
-    """skipped.txt as TSV (source, line, reason, raw line with tabs written \\t).
+    """skipped.txt as TSV (source, line, reason, raw line with tabs written \\t, NUL \\x00 and so on).
 
     Written under a temporary name; it replaces the last run's list when the run finishes (`commit`, or
     leaving the `with` block without an error) or ends in one of `complete_on` (a verdict such as "no
@@ -85,8 +90,8 @@ class SkipLog:
         self._handle.write(SKIPPED_HEADER + "\n")
 
     def add(self, source: str, line_no: int, reason: str, raw: str) -> None:
-        reason = " ".join(reason.split())
-        raw = raw.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        reason = " ".join(reason.split()).translate(_ESCAPED_CONTROLS)
+        raw = raw.translate(_ESCAPED_CONTROLS)
         self._handle.write(f"{source}\t{line_no}\t{reason}\t{raw}\n")
         self.count += 1
 
@@ -218,14 +223,19 @@ def _split_lines(handle: BinaryIO) -> Iterator[bytes]:
         yield data.removesuffix(b"\r")
 
 
-def _not_utf8() -> LineError:
-    return LineError("not UTF-8 text; re-save the file as UTF-8")
+def _unreadable(line: str | None, raw: str) -> LineError | None:
+    """Why a decoded line (None: not UTF-8; raw: as read) cannot be read as text, or None when it can."""
+    if "\x00" in raw:  # every other byte of ASCII text in UTF-16, and in no text file otherwise
+        return LineError("NUL bytes: UTF-16 without a BOM (or not a text file); re-save the file as UTF-8")
+    if line is None:
+        return LineError("not UTF-8 text; re-save the file as UTF-8")
+    return None
 
 
 def _read_masr(path: Path) -> Iterator[ParsedLine]:
     for line_no, line, raw in decoded_lines(path):
-        if line is None:
-            yield line_no, _not_utf8(), raw
+        if (error := _unreadable(line, raw)) is not None:
+            yield line_no, error, raw
             continue
         audio_path, tab, text = line.partition("\t")
         if not tab:
@@ -238,8 +248,8 @@ def _read_masr(path: Path) -> Iterator[ParsedLine]:
 
 def _read_json_lines(path: Path) -> Iterator[ParsedLine]:
     for line_no, line, raw in decoded_lines(path):
-        if line is None:
-            yield line_no, _not_utf8(), raw
+        if (error := _unreadable(line, raw)) is not None:
+            yield line_no, error, raw
             continue
         yield line_no, _parse_json(line), raw
 
@@ -264,8 +274,8 @@ def _parse_json(line: str) -> tuple[str, str] | LineError:
 def _read_csv(path: Path) -> Iterator[ParsedLine]:
     columns: tuple[int, int] | None = None
     for line_no, line, raw in decoded_lines(path):
-        if line is None:
-            yield line_no, _not_utf8(), raw
+        if (error := _unreadable(line, raw)) is not None:
+            yield line_no, error, raw
             continue
         try:
             row = next(csv.reader([line.replace("\r", " ")]))  # a stray CR is no line end here (_split_lines)

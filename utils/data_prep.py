@@ -48,6 +48,7 @@ PROBE_CHUNK = 64  # header probes per task when the lines stream in (their count
 TASKS_PER_WORKER = 8
 SECONDS_PER_HOUR = 3600.0
 MAX_LISTED_CHARS = 10
+MAX_LISTED_FILES = 3
 MAX_COPY_LENGTH_DIFF = 2  # samples at the target rate a converted copy may differ from its source's header length
 
 
@@ -116,6 +117,8 @@ def _read_convert_and_measure(files: list[Path], cfg: Config, skips: SkipLog, su
     goes to `skips`, and summary gets the resampled and skipped counts."""
     with _worker_pool(cfg.data.num_workers) as workers:
         kept = _read_and_probe(files, cfg, skips, workers)
+        if not len(kept) and not skips.count:  # not one line read: skipped.txt would explain nothing
+            raise NothingToTrainOnError(_no_lines_message(files))
         train, test = _split(kept, cfg.prep, any(f.stem.lower() == TEST_FILE_STEM for f in files))
         _drop_test_audio_from_train(kept, train, test)
         noise = _probe_noise(cfg, skips, workers)
@@ -179,6 +182,13 @@ def _require_train(kept: KeptTable, train: np.ndarray, skipped_path: str) -> np.
         raise NothingToTrainOnError(f"no usable training utterance is left; every line was skipped or went to the "
                                     f"test set. See {skipped_path} for the reason of each skipped line")
     return train
+
+
+def _no_lines_message(files: list[Path]) -> str:
+    names = ", ".join(str(path) for path in files[:MAX_LISTED_FILES])
+    more = f" and {len(files) - MAX_LISTED_FILES} more" if len(files) > MAX_LISTED_FILES else ""
+    return (f"the annotation lists hold no lines (they are empty, blank or a CSV header only): {names}{more}; "
+            f"write one utterance a line (MASR: path<TAB>text) and rerun")
 
 
 @dataclass
