@@ -106,3 +106,7 @@ def test_reference_text_is_normalized_where_it_can_be_and_kept_where_not():
     assert reference_text("I have  3 apples") == "i have 3 apples"
     assert reference_text("  ") == ""
     assert reference_text("hello world") == "hello world"
+    # beside a digit, punctuation and width are still normalized: only the digit counts as an error
+    assert reference_text("I have 3 cats, and a dog.") == "i have 3 cats and a dog"
+    assert reference_text("我有3只猫。") == "我有3只猫"
+    assert reference_text("Ｈｅｌｌｏ，  ４ ‘you’") == "hello 4 you"

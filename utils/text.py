@@ -59,14 +59,27 @@ def normalize_text(text: str, to_simplified: bool = False) -> str:
     Raises TextError for characters we cannot model (digits, other scripts) and for
     transcripts that end up empty (no letter or CJK character left).
     """
+    out = _fold_text(text, _fold_char, to_simplified)
+    if not out:
+        raise TextError("empty transcript")
+    return out
+
+
+def _fold_or_keep(char: str) -> str:
+    """_fold_char, or the character itself where it cannot be modelled (a digit, another script)."""
+    try:
+        return _fold_char(char)
+    except TextError:
+        return char
+
+
+def _fold_text(text: str, fold_char, to_simplified: bool = False) -> str:
+    """text with fold_char applied to each character, spaces as normalize_text writes them."""
     text = unicodedata.normalize("NFKC", text).lower()
     if to_simplified:
         text = _to_simplified(text)
-    folded = APOSTROPHE_NOT_INSIDE_A_WORD.sub(" ", "".join(_fold_char(c) for c in text))
-    words = folded.split()
-    if not words:
-        raise TextError("empty transcript")
-    out = words[0]
+    words = APOSTROPHE_NOT_INSIDE_A_WORD.sub(" ", "".join(fold_char(c) for c in text)).split()
+    out = words[0] if words else ""
     for word in words[1:]:
         joiner = "" if is_cjk(out[-1]) and is_cjk(word[0]) else " "
         out += joiner + word
@@ -75,12 +88,10 @@ def normalize_text(text: str, to_simplified: bool = False) -> str:
 
 def reference_text(text: str) -> str:
     """A reference transcript written as the model writes its output, to score against: normalized as
-    create_data normalizes (case, punctuation, width, accents; a no-op on its manifests), or only
-    lowercased where no output could match it anyway (digits, other scripts): those count as errors."""
-    try:
-        return normalize_text(text)
-    except TextError:
-        return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    create_data normalizes (case, punctuation, width, accents; a no-op on its manifests). Characters no
+    output could match (digits, other scripts) are kept as they are, so they count as errors, while
+    the punctuation and spacing around them are still normalized."""
+    return _fold_text(text, _fold_or_keep)
 
 
 _OPENCC = None
