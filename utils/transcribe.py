@@ -40,7 +40,7 @@ def list_inputs(wav_path: str) -> list[str]:
         return files
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
         paths = []
-        for line_no, line, raw in decoded_lines(path):  # LF/CRLF/CR, a UTF-8 or UTF-16 BOM; no blank lines
+        for line_no, line, raw in decoded_lines(path):  # as create_data reads lists; no blank lines
             if line is None:
                 raise ValueError(f"{path}:{line_no}: not UTF-8 text ({raw.strip()[:60]}); re-save the list as "
                                  f"UTF-8 (e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix})")
