@@ -592,6 +592,9 @@ def test_list_inputs_folder_list_file_and_single_path(tmp_path):
     listing.write_bytes("x/one.wav\nx/二.wav\n".encode("gb18030"))
     with pytest.raises(ValueError, match=re.escape(f"{listing}:2: not UTF-8 text") + ".*re-save the list as UTF-8"):
         list_inputs(str(listing))
+    listing.write_bytes("x/one.wav\n".encode("utf-16-le"))  # UTF-16 without a BOM
+    with pytest.raises(ValueError, match=re.escape(f"{listing}:1: not UTF-8 text") + ".*-f UTF-16LE"):
+        list_inputs(str(listing))
     listing.write_text("# nothing yet\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape(f"{listing} lists no audio files (it is empty or holds only "
                                                    "blank and # lines); write one audio path a line")):

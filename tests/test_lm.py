@@ -185,6 +185,10 @@ def test_text_in_utf16_or_with_old_line_ends_is_read_and_other_encodings_are_nam
     gbk.write_bytes("the cat\n".encode() + "今天天气很好\n".encode("gbk"))
     with pytest.raises(ValueError, match=r"gbk.txt:2: not UTF-8 text; re-save the file as UTF-8"):
         build_lm([gbk], tmp_path / "gbk.arpa")
+    no_bom = tmp_path / "utf16le.txt"  # read as UTF-8 it is letters with NULs between: a garbage LM
+    no_bom.write_bytes("the cat\nthe dog\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match=r"utf16le.txt:1: NUL bytes: UTF-16 without a BOM .*iconv -f UTF-16LE"):
+        read_sentences(no_bom)
 
 
 def test_a_binary_of_an_earlier_build_never_outlives_its_arpa(tmp_path, monkeypatch):

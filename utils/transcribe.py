@@ -41,9 +41,10 @@ def list_inputs(wav_path: str) -> list[str]:
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
         paths = []
         for line_no, line, raw in decoded_lines(path):  # as create_data reads lists; no blank lines
-            if line is None:
-                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({raw.strip()[:60]}); re-save the list as "
-                                 f"UTF-8 (e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix})")
+            if line is None or "\x00" in raw:  # a NUL: every other byte of ASCII text in UTF-16 without a BOM
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({raw.strip()[:60]!r}); re-save the list as "
+                                 f"UTF-8 (e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix}; "
+                                 f"-f UTF-16LE for UTF-16 without a BOM)")
             if not line.strip().startswith("#"):
                 paths.append(line.split("\t")[0].strip())
         if not paths:
