@@ -139,10 +139,12 @@ def parts(tmp_path_factory, corpus):
             "mean_std_path": cfg.data.mean_std_path}
 
 
-def save(parts: dict, folder: Path, step: int, epoch: int = 0, batch: int = 0, best_epoch: int = -1) -> Path:
-    return save_checkpoint(folder, parts["model"], parts["optimizer"],
-                           TrainState(epoch=epoch, batch_in_epoch=batch, step=step, best_epoch=best_epoch),
-                           parts["cfg"], parts["vocabulary"], parts["mean_std_path"])
+def save(parts: dict, folder: Path, step: int, epoch: int = 0, batch: int = 0, best_epoch: int = -1,
+         history: list = (), lineage: list = ()) -> Path:
+    state = TrainState(epoch=epoch, batch_in_epoch=batch, step=step, best_epoch=best_epoch, history=list(history),
+                       lineage=[list(run) for run in lineage])
+    return save_checkpoint(folder, parts["model"], parts["optimizer"], state, parts["cfg"], parts["vocabulary"],
+                           parts["mean_std_path"])
 
 
 def test_disk_full_while_writing_weights_keeps_the_previous_checkpoint(parts, tmp_path, monkeypatch):
@@ -341,3 +343,67 @@ def test_mid_epoch_last_model_needs_no_repair(parts, tmp_path):
     save(parts, tmp_path / "epoch_1", step=4, epoch=1, best_epoch=0)
     save(parts, tmp_path / "last_model", step=6, epoch=1, batch=2, best_epoch=0)
     assert finish_epoch_end(tmp_path) == [] and not (tmp_path / "best_model").exists()
+
+
+def results(*epochs: int, loss: float = 50.0) -> list[dict]:
+    """state.history entries of the given (0-based) epochs."""
+    return [{"epoch": e, "step": 4 * (e + 1), "test_loss": loss - e, "test_cer": 0.9 - 0.1 * e} for e in epochs]
+
+
+def test_an_epoch_n_of_another_branch_is_not_taken_even_with_the_same_test_results(parts, tmp_path):
+    """Trained 3 epochs (run a), then resumed from epoch_1 (run b, at step 4) and stopped at step 6: the first
+    run's epoch_3 is further on and its results start with last_model's, but run b did not come from it."""
+    save(parts, tmp_path / "epoch_3", step=12, epoch=3, best_epoch=2, history=results(0, 1, 2), lineage=[["a", 0]])
+    save(parts, tmp_path / "best_model", step=12, epoch=3, best_epoch=2, history=results(0, 1, 2),
+         lineage=[["a", 0]])
+    save(parts, tmp_path / "last_model", step=6, epoch=1, batch=2, best_epoch=0, history=results(0),
+         lineage=[["a", 0], ["b", 4]])
+    assert finish_epoch_end(tmp_path) == []
+    assert load_state(tmp_path / "last_model").step == 6 and load_state(tmp_path / "best_model").step == 12
+
+
+def test_without_a_lineage_the_test_results_tell_another_branch(parts, tmp_path):
+    """The review's case in a folder saved before state.json held a lineage: branched from epoch_1 at another
+    learning rate, stopped at step 10 in epoch 3; the old epoch_3 (step 12) has other results for epoch 2."""
+    save(parts, tmp_path / "epoch_3", step=12, epoch=3, best_epoch=2, history=results(0, 1, 2))
+    save(parts, tmp_path / "last_model", step=10, epoch=2, batch=2, best_epoch=1,
+         history=results(0) + results(1, loss=60.0))
+    assert finish_epoch_end(tmp_path) == [] and load_state(tmp_path / "last_model").step == 10
+
+
+def test_an_epoch_n_of_a_run_resumed_from_last_model_is_taken(parts, tmp_path):
+    """Run b resumed from last_model (step 6), ended epoch 2 and was killed before copying it: taken. Run c
+    resumed from an older checkpoint (step 4) of run a: not, though it is further on."""
+    save(parts, tmp_path / "last_model", step=6, epoch=1, batch=2, best_epoch=0, history=results(0),
+         lineage=[["a", 0]])
+    save(parts, tmp_path / "epoch_2", step=8, epoch=2, best_epoch=0, history=results(0, 1),
+         lineage=[["a", 0], ["c", 4]])
+    assert finish_epoch_end(tmp_path) == []
+    save(parts, tmp_path / "epoch_2", step=8, epoch=2, best_epoch=0, history=results(0, 1),
+         lineage=[["a", 0], ["b", 6]])
+    assert finish_epoch_end(tmp_path) == ["copied epoch_2 to last_model (the previous run stopped before it did)"]
+    assert load_state(tmp_path / "last_model").lineage == [["a", 0], ["b", 6]]
+
+
+def test_a_last_model_moved_away_is_not_made_again_from_epoch_n(parts, tmp_path):
+    save(parts, tmp_path / "epoch_2", step=8, epoch=2, best_epoch=1, history=results(0, 1), lineage=[["a", 0]])
+    save(parts, tmp_path / "epoch_3", step=12, epoch=3, best_epoch=1, history=results(0, 1, 2), lineage=[["a", 0]])
+    save(parts, tmp_path / "best_model", step=8, epoch=2, best_epoch=1, history=results(0, 1), lineage=[["a", 0]])
+    assert finish_epoch_end(tmp_path) == [] and not (tmp_path / "last_model").exists()
+
+
+def test_killed_at_the_first_epoch_end_before_last_model_existed(parts, tmp_path):
+    """The one crash that leaves no last_model: epoch_1 saved, the copy to last_model not made."""
+    save(parts, tmp_path / "epoch_1", step=4, epoch=1, best_epoch=-1, lineage=[["a", 0]])
+    assert finish_epoch_end(tmp_path) == ["copied epoch_1 to last_model (the previous run stopped before it did)"]
+    assert load_state(tmp_path / "last_model").step == 4 and not (tmp_path / "best_model").exists()
+
+
+def test_an_evaluation_written_to_epoch_n_only_goes_to_last_model_and_best_model(parts, tmp_path):
+    """Killed after epoch_2's state.json got the epoch's test result, before last_model's did."""
+    save(parts, tmp_path / "best_model", step=4, epoch=1, best_epoch=0, history=results(0), lineage=[["a", 0]])
+    save(parts, tmp_path / "last_model", step=8, epoch=2, best_epoch=0, history=results(0), lineage=[["a", 0]])
+    save(parts, tmp_path / "epoch_2", step=8, epoch=2, best_epoch=1, history=results(0, 1), lineage=[["a", 0]])
+    assert finish_epoch_end(tmp_path) == ["copied epoch_2 to last_model (the previous run stopped before it did)",
+                                          "copied epoch_2 to best_model (the previous run stopped before it did)"]
+    assert load_state(tmp_path / "last_model").history == results(0, 1)

@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 import utils.training as training
 from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
-from utils.checkpoint import CheckpointError, load_optimizer_state, load_state, portable_optimizer_state
+from utils.checkpoint import (CheckpointError, finish_epoch_end, load_optimizer_state, load_state,
+                              portable_optimizer_state)
 from utils.runlog import read_points
 from utils.audio import AudioError
 from utils.augment import load_augmentation
@@ -450,6 +452,27 @@ def test_train_py_prints_one_line_for_a_bad_augmentation_file(spoken_corpus, tmp
                           text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"error: {TINY_YAML}:1: not valid JSON (Expecting value)"
+
+
+def test_a_run_resumed_from_an_older_epoch_is_not_overwritten_by_the_later_epochs_on_restart(
+        spoken_corpus, tmp_path, tmp_path_factory):
+    """Trained 3 epochs; resumed from epoch_1 and stopped at step 6 (its test results so far are the first
+    run's): epoch_3 (step 12) stays, but is not copied over last_model and best_model on the next start."""
+    reference_root = tmp_path_factory.getbasetemp() / "resume_reference"
+    reference_run(spoken_corpus, reference_root, 1)
+    shutil.copytree(reference_root / "reference_1" / "models", tmp_path / "models")
+    cfg = resume_config(spoken_corpus, tmp_path)
+    root = model_folder(cfg).parent
+    best_before = load_state(root / "best_model")
+    branch = resume_config(spoken_corpus, tmp_path, train__resume_model=str(root / "epoch_1"), train__max_steps=6)
+    training.train(branch)
+    last = load_state(root / "last_model")
+    assert (last.epoch, last.batch_in_epoch, last.step) == (1, 2, 6)
+    assert last.history == load_state(root / "epoch_3").history[:1]  # the same first epoch
+    assert finish_epoch_end(root) == []
+    assert load_state(root / "last_model") == last and load_state(root / "best_model") == best_before
+    shutil.move(str(root / "last_model"), str(tmp_path / "moved_away"))  # to start fresh, as errors advise
+    assert finish_epoch_end(root) == [] and not (root / "last_model").exists()
 
 
 def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):

@@ -42,6 +42,7 @@ class TrainState:
     nan_skipped: int = 0
     scaler: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # per epoch: {"epoch", "step", "test_loss", "test_<metric>"}
+    lineage: list = field(default_factory=list)  # [run id, step it started at] of each run that trained it
     format_version: int = FORMAT_VERSION
 
 
@@ -196,38 +197,69 @@ def recover(model_root: str | Path) -> list[str]:
     return notes
 
 
-def _progress(folder: Path) -> tuple[int, int, int]:
-    state = load_state(folder)
-    return state.epoch, state.batch_in_epoch, state.step
+def _progress(state: TrainState) -> tuple[int, int, int, int]:
+    return state.epoch, state.batch_in_epoch, state.step, len(state.history)
+
+
+def continues(earlier: TrainState, later: TrainState) -> bool:
+    """Whether `later` was trained on from `earlier` (or is it): at or past its step, its test results a
+    prefix, and its runs (lineage) the same up to where `later`'s next run started, at or past `earlier`'s
+    step. Checkpoints saved before state.json held a lineage are judged by step and test results alone."""
+    if earlier.step > later.step or later.history[:len(earlier.history)] != earlier.history:
+        return False
+    if not earlier.lineage or not later.lineage:
+        return True
+    runs = len(earlier.lineage)
+    if later.lineage[:runs] != earlier.lineage:
+        return False
+    return len(later.lineage) == runs or later.lineage[runs][1] >= earlier.step
 
 
 def finish_epoch_end(model_root: str | Path) -> list[str]:
     """Finish an end of epoch that a crash cut short, so that no finished epoch is lost.
 
-    An epoch ends by saving epoch_N, copying it to last_model, evaluating it, writing the test
-    result into epoch_N's and then last_model's state.json and, if it was the best, copying it to
-    best_model (a Ctrl-C during the evaluation saves last_model as it was; the next start evaluates
-    it). When the newest checkpoint marks a finished epoch (batch 0 of the next), make sure all of
-    them hold it.
+    An epoch ends by saving epoch_N, copying it to last_model, evaluating it, writing the test result
+    into epoch_N's and then last_model's state.json and, if it was the best, copying it to best_model
+    (a Ctrl-C during the evaluation saves last_model as it was; the next start evaluates it). A kill
+    between these steps leaves epoch_N ahead of last_model, or last_model ahead of best_model: all of
+    them are made to hold the newest. Only an epoch_N that continues last_model (`continues`) is taken,
+    never one of another branch (a run resumed from an older epoch_N leaves the later ones of the first
+    run behind). A missing last_model is made from epoch_N only in the one crash that leaves none: at
+    the first end of epoch in this folder, epoch_N the only one and no best_model yet; otherwise it was
+    moved away, to start fresh.
     """
     model_root, notes = Path(model_root), []
-    folders = [p for p in model_root.glob("epoch_*") if p.name[6:].isdigit() and is_complete(p)]
-    folders += [p for p in (model_root / "last_model",) if is_complete(p)]
-    folders = [folder for folder in folders if _readable_state(folder)]  # a damaged one is reported if resumed
-    if not folders:
-        return notes
-    newest = max(folders, key=_progress)
-    state = load_state(newest)
+    last = model_root / "last_model"
+    epochs = [p for p in model_root.glob("epoch_*") if p.name[6:].isdigit() and is_complete(p)
+              and _readable_state(p)]  # a damaged one is reported if resumed
+    if is_complete(last) and _readable_state(last):
+        base = load_state(last)
+        states = {last: base} | {p: load_state(p) for p in epochs if continues(base, load_state(p))}
+    elif not last.exists() and not (model_root / "best_model").exists() and len(epochs) == 1:
+        states = {epochs[0]: load_state(epochs[0])}
+    else:
+        return notes  # a partial or damaged last_model: pick_resume_folder says what to do
+    newest = max(states, key=lambda folder: _progress(states[folder]))
+    state = states[newest]
     if state.epoch == 0 or state.batch_in_epoch != 0:
         return notes
-    targets = [model_root / f"epoch_{state.epoch}", model_root / "last_model"]
+    targets = [model_root / f"epoch_{state.epoch}", last]
     if state.best_epoch == state.epoch - 1:
         targets.append(model_root / "best_model")
     for target in targets:
-        if target != newest and (not is_complete(target) or _progress(target) < _progress(newest)):
+        if target != newest and not holds(target, state):
             copy_checkpoint(newest, target)
             notes.append(f"copied {newest.name} to {target.name} (the previous run stopped before it did)")
     return notes
+
+
+def holds(folder: Path, state: TrainState) -> bool:
+    """Whether the folder holds the checkpoint that `state` describes: the same step and results, from
+    the same runs (`state` may have a run more, started from this checkpoint)."""
+    if not is_complete(folder) or not _readable_state(folder):
+        return False
+    saved = load_state(folder)
+    return _progress(saved) == _progress(state) and continues(saved, state)
 
 
 def _readable_state(folder: Path) -> bool:

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,9 @@ from utils import allocator, cpu_kernels, feature_kernels, local_processes, plac
 from utils.augment import load_augmentation
 from utils.audio import AudioError
 from utils.batch_workers import LoaderWorkerError
-from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, CheckpointError, FolderLock, TrainState,
-                              copy_checkpoint, finish_epoch_end, is_complete, load_config, load_optimizer_state,
-                              load_state, load_tensors, missing_files, recover, remove_checkpoint,
-                              save_checkpoint, write_state)
+from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint, finish_epoch_end,
+                              holds, is_complete, load_config, load_optimizer_state, load_state, load_tensors,
+                              missing_files, recover, remove_checkpoint, save_checkpoint, write_state)
 from utils.config import OPTIMIZERS, SCHEDULERS, Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
@@ -257,6 +257,9 @@ def _start_from(run: _Run) -> None:
         skipped = load_pretrained(run.model, run.cfg.train.pretrained_model)
         run.log.info(f"fine-tuning from {run.cfg.train.pretrained_model}; layers not loaded: "
                      f"{', '.join(skipped) or 'none'}")
+    # this run's id and starting step: finish_epoch_end tells the epoch_N of this line of training from
+    # those another one left (a run resumed from an older epoch_N does not remove the later ones)
+    run.state.lineage = run.state.lineage + [[uuid.uuid4().hex[:12], run.state.step]]
     evaluated = run.state.epoch - 1 if evaluation_pending(run.state) else run.state.epoch
     dropped = run.log.start_curves(run.state.step, evaluated)  # Test/* of an epoch evaluated again go
     if dropped:
@@ -510,22 +513,12 @@ def _evaluate_epoch(run: _Run) -> None:
     run.log.scalar(f"Test/{t.metrics_type}", result.error_rate, state.epoch)  # and start_curves drops these
     last = run.model_root / "last_model"
     for folder in (run.model_root / f"epoch_{state.epoch}", last):
-        if _holds_state(folder, saved):
+        if holds(folder, saved):
             write_state(folder, state)
         elif folder == last:
             _save(run, "last_model")
     if improved:
         copy_checkpoint(last, run.model_root / "best_model")
-
-
-def _holds_state(folder: Path, state: TrainState) -> bool:
-    """Whether a model folder holds the checkpoint saved with `state` (its tensors are the run's now)."""
-    if not is_complete(folder):
-        return False
-    try:
-        return load_state(folder) == state
-    except CheckpointError:
-        return False
 
 
 def train(cfg: Config) -> str:
