@@ -530,26 +530,48 @@ def other_vocabulary_corpus(corpus: Path, tmp: Path) -> Path:
     return new
 
 
-def test_pretrained_with_changed_vocabulary_skips_exactly_the_head(spoken_corpus, tmp_path):
+def test_pretrained_output_layer_is_loaded_token_by_token(spoken_corpus, tmp_path):
+    """A vocabulary with 3 tokens more: every other weight as pretrained, the output layer's columns of the
+    shared tokens as pretrained, the new tokens' as built. A vocabulary of the same tokens in another order
+    (another corpus's frequencies): every column follows its token."""
     source = tiny_config(spoken_corpus, tmp_path / "source", train__max_steps=2)
     training.train(source)
     pretrained = read_params(model_folder(source))
+    old_tokens = Vocabulary.load(spoken_corpus / "vocabulary.txt").tokens
 
     new_corpus = other_vocabulary_corpus(spoken_corpus, tmp_path)
-    vocab_size = len(Vocabulary.load(new_corpus / "vocabulary.txt"))
-    assert vocab_size == pretrained["head.bias"].shape[0] + 3
+    new_tokens = Vocabulary.load(new_corpus / "vocabulary.txt").tokens
+    assert len(old_tokens) == 23 and new_tokens == old_tokens + ["q", "j", "z"]
     paddle.seed(0)
-    model = build_model(source.model, 40, vocab_size, np.full(40, -3.0), np.full(40, 2.0))
+    model = build_model(source.model, 40, len(new_tokens), np.full(40, -3.0), np.full(40, 2.0))
     initial = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    skipped = training.load_pretrained(model, str(model_folder(source)))
-    assert skipped == ["head.bias", "head.weight"]
+    skipped, note = training.load_pretrained(model, str(model_folder(source)), new_tokens)
+    assert skipped == []
+    assert note == (f"output layer: {len(old_tokens)} of {len(new_tokens)} tokens loaded by token from "
+                    f"{model_folder(source) / 'vocabulary.txt'} (0 at another id there); 3 not in it keep their "
+                    f"initial weights: q j z")
     loaded = {k: v.numpy() for k, v in model.state_dict().items()}
     for name in loaded:
-        if name in ("head.bias", "head.weight", "feat_mean", "feat_istd"):  # kept as built
+        if name in ("feat_mean", "feat_istd"):  # this dataset's normalizer
             np.testing.assert_array_equal(loaded[name], initial[name])
-        else:
+        elif name not in training.HEAD:
             np.testing.assert_array_equal(loaded[name], pretrained[name])
+    shared = len(old_tokens)
+    np.testing.assert_array_equal(loaded["head.weight"][:, :shared], pretrained["head.weight"])
+    np.testing.assert_array_equal(loaded["head.bias"][:shared], pretrained["head.bias"])
+    np.testing.assert_array_equal(loaded["head.weight"][:, shared:], initial["head.weight"][:, shared:])
     np.testing.assert_array_equal(loaded["feat_mean"], np.full(40, -3.0, np.float32))
+
+    permuted = old_tokens[:2] + old_tokens[2:][::-1]  # the same size, another order
+    model = build_model(source.model, 40, len(permuted))
+    skipped, note = training.load_pretrained(model, str(model_folder(source)), permuted)
+    assert len(permuted) == 23 and skipped == [] and "23 of 23 tokens" in note and "(20 at another id" in note
+    weight, bias = model.head.weight.numpy(), model.head.bias.numpy()
+    for new_id, token in enumerate(permuted):
+        old_id = old_tokens.index(token)
+        np.testing.assert_array_equal(weight[:, new_id], pretrained["head.weight"][:, old_id])
+        assert bias[new_id] == pretrained["head.bias"][old_id]
+    assert not np.array_equal(weight, pretrained["head.weight"])  # loaded by name and shape, it was scrambled
 
 
 def test_pretrained_model_on_the_command_line(spoken_corpus, tmp_path):
@@ -564,7 +586,8 @@ def test_pretrained_model_on_the_command_line(spoken_corpus, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "train.py")] + args, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"fine-tuning from {model_folder(source)}; layers not loaded: head.bias, head.weight" in done.stdout
+    assert (f"fine-tuning from {model_folder(source)}; layers not loaded: none; output layer: 23 of 26 tokens "
+            f"loaded by token") in done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith("trained 1 steps")
     # resuming (not fine-tuning) a model folder with another vocabulary is refused
     cfg = tiny_config(new_corpus, tmp_path / "source")

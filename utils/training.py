@@ -67,10 +67,16 @@ def build_optimizer(cfg: Config, model: paddle.nn.Layer):
     raise TrainingError(f"unknown train.optimizer '{t.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
 
 
-def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
-    """Load weights whose name and shape match; returns the names left as initialised.
+HEAD = ("head.weight", "head.bias")  # the output layer: weight [hidden, vocabulary], bias [vocabulary]
 
-    The normalizer buffers (feat_mean, feat_istd) always come from this dataset's
+
+def load_pretrained(model: paddle.nn.Layer, folder: str, tokens: list[str]) -> tuple[list[str], str]:
+    """Load weights whose name and shape match, and the output layer token by token (`tokens`: this
+    model's vocabulary); returns the names left as initialised and a line on the output layer.
+
+    Vocabularies are sorted by frequency, so another corpus orders even the same tokens otherwise: the
+    output layer's columns follow the pretrained folder's vocabulary.txt, and a token it lacks keeps
+    its initial weights. The normalizer buffers (feat_mean, feat_istd) always come from this dataset's
     mean_std, not from the pretrained model; they are not listed as skipped.
     """
     path = Path(folder) / MODEL_FILE
@@ -78,10 +84,37 @@ def load_pretrained(model: paddle.nn.Layer, folder: str) -> list[str]:
         raise TrainingError(f"--pretrained_model {folder} has no {MODEL_FILE}; pass a model folder")
     loaded, own = paddle.load(str(path)), model.state_dict()
     keep_own = {"feat_mean", "feat_istd"}  # this dataset's normalizer, not the pretrained one's
-    matching = {k: v for k, v in loaded.items() if k in own and k not in keep_own
+    matching = {k: v for k, v in loaded.items() if k in own and k not in keep_own and k not in HEAD
                 and list(v.shape) == list(own[k].shape)}
+    head, note = _head_by_token(loaded, own, Path(folder), tokens)
+    matching.update(head)
     model.set_state_dict(matching)
-    return sorted(k for k in own if k not in matching and k not in keep_own)
+    return sorted(k for k in own if k not in matching and k not in keep_own), note
+
+
+def _head_by_token(loaded: dict, own: dict, folder: Path, tokens: list[str]) -> tuple[dict, str]:
+    """The output layer's weight and bias with the pretrained columns moved to this vocabulary's ids."""
+    vocab_path = folder / "vocabulary.txt"
+    if not all(name in loaded for name in HEAD):
+        return {}, f"output layer: not loaded ({folder / MODEL_FILE} has none)"
+    if not vocab_path.is_file():
+        return {}, f"output layer: not loaded ({folder} has no vocabulary.txt to match its columns to tokens)"
+    old_tokens = Vocabulary.load(vocab_path).tokens
+    old_weight, old_bias = (np.asarray(loaded[name].numpy() if hasattr(loaded[name], "numpy") else loaded[name])
+                            for name in HEAD)
+    weight, bias = (own[name].numpy().copy() for name in HEAD)
+    if old_weight.shape != (weight.shape[0], len(old_tokens)) or old_bias.shape != (len(old_tokens),):
+        return {}, (f"output layer: not loaded (its shape {list(old_weight.shape)} does not fit this model's "
+                    f"{list(weight.shape)} and the {len(old_tokens)} tokens of {vocab_path})")
+    old_id = {token: i for i, token in enumerate(old_tokens)}
+    pairs = [(i, old_id[token]) for i, token in enumerate(tokens) if token in old_id]
+    new_ids, old_ids = [i for i, _ in pairs], [j for _, j in pairs]
+    weight[:, new_ids], bias[new_ids] = old_weight[:, old_ids], old_bias[old_ids]
+    moved = sum(i != j for i, j in pairs)
+    new = [token for token in tokens if token not in old_id]
+    return dict(zip(HEAD, (weight, bias))), (
+        f"output layer: {len(pairs)} of {len(tokens)} tokens loaded by token from {vocab_path} ({moved} at "
+        f"another id there); {len(new)} not in it keep their initial weights" + (f": {' '.join(new[:20])}" if new else ""))
 
 
 def _scaler_state(scaler) -> dict:
@@ -254,9 +287,9 @@ def _start_from(run: _Run) -> None:
         run.log.info(f"resumed from {folder}: epoch {run.state.epoch}, batch {run.state.batch_in_epoch}, "
                      f"step {run.state.step}, best {run.state.metrics_type} {run.state.best_metric}")
     elif run.cfg.train.pretrained_model:
-        skipped = load_pretrained(run.model, run.cfg.train.pretrained_model)
+        skipped, head_note = load_pretrained(run.model, run.cfg.train.pretrained_model, run.vocabulary.tokens)
         run.log.info(f"fine-tuning from {run.cfg.train.pretrained_model}; layers not loaded: "
-                     f"{', '.join(skipped) or 'none'}")
+                     f"{', '.join(skipped) or 'none'}; {head_note}")
     # this run's id and starting step: finish_epoch_end tells the epoch_N of this line of training from
     # those another one left (a run resumed from an older epoch_N does not remove the later ones)
     run.state.lineage = run.state.lineage + [[uuid.uuid4().hex[:12], run.state.step]]
