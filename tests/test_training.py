@@ -475,6 +475,30 @@ def test_a_run_resumed_from_an_older_epoch_is_not_overwritten_by_the_later_epoch
     assert finish_epoch_end(root) == [] and not (root / "last_model").exists()
 
 
+def test_with_accum_grad_log_lines_and_saves_come_once_where_the_window_passes_the_interval(
+        spoken_corpus, tmp_path, monkeypatch):
+    """4 batches an epoch in windows of 2, log_interval 2, save_step 3: a line after each window (none at
+    step 0 with an unused learning rate, none twice), last_model saved where batch 4 passes 3."""
+    cfg = tiny_config(spoken_corpus, tmp_path, train__num_epoch=2, train__batch_size=2, train__accum_grad=2,
+                      train__log_interval=2, train__save_step=3)
+    saves, real_save = [], training._save
+
+    def save(run, name):
+        saves.append((name, run.state.epoch, run.state.batch_in_epoch, run.state.step))
+        return real_save(run, name)
+    monkeypatch.setattr(training, "_save", save)
+    training.train(cfg)
+    assert saves == [("last_model", 0, 4, 2), ("epoch_1", 1, 0, 2), ("last_model", 1, 4, 4), ("epoch_2", 2, 0, 4)]
+    log = (model_folder(cfg).parent / "train.log").read_text(encoding="utf-8")
+    lines = [line.split("] ", 1)[1].split(" reader_cost")[0].split(" loss ")[0] + " lr " + line.split(" lr ")[1][:9]
+             for line in log.splitlines() if " batch [" in line]
+    # warm-up over 5 steps to 3e-3: steps 0..3 ran at 6e-4, 1.2e-3, 1.8e-3, 2.4e-3
+    assert lines == ["epoch [1/2] batch [2/4] lr 6.000e-04", "epoch [1/2] batch [4/4] lr 1.200e-03",
+                     "epoch [2/2] batch [2/4] lr 1.800e-03", "epoch [2/2] batch [4/4] lr 2.400e-03"]
+    points = read_points(Path(cfg.train.log_dir) / cfg.train.use_model)
+    assert [p for p in points if p[0] == "Train/Loss"] == [("Train/Loss", step) for step in (1, 2, 3, 4)]
+
+
 def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):
     cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=3)
     training.train(cfg)

@@ -436,10 +436,11 @@ def _run_epoch(run: _Run) -> bool:
         timing["batches"] += 1
         if loss is not None:
             losses.append(loss)
-        if losses and run.state.batch_in_epoch % t.log_interval == 0:
+        # batch_in_epoch moves by accum_grad when a window ends: act where it passed a multiple of the interval
+        if window_done and losses and _crossed(run.state.batch_in_epoch, t.accum_grad, t.log_interval):
             _log_progress(run, run.state.batch_in_epoch, num_batches, losses, timing)
             losses, timing = [], dict.fromkeys(timing, 0.0)
-        if window_done and run.rank == 0 and t.save_step > 0 and run.state.batch_in_epoch % t.save_step == 0:
+        if window_done and run.rank == 0 and _crossed(run.state.batch_in_epoch, t.accum_grad, t.save_step):
             _save(run, "last_model")
         if window_done and _stop_requested(run):
             raise _Interrupted
@@ -448,6 +449,11 @@ def _run_epoch(run: _Run) -> bool:
         tick = time.perf_counter()
     run.optimizer.clear_grad()  # drop an unfinished accum_grad window, as a resumed run would not have it
     return True
+
+
+def _crossed(count: int, advance: int, interval: int) -> bool:
+    """Whether a counter that just moved on by `advance` to `count` passed a multiple of `interval` (0: never)."""
+    return interval > 0 and count // interval > (count - advance) // interval
 
 
 def _next_batch(run: _Run, at_boundary: bool):
