@@ -499,6 +499,26 @@ def test_with_accum_grad_log_lines_and_saves_come_once_where_the_window_passes_t
     assert [p for p in points if p[0] == "Train/Loss"] == [("Train/Loss", step) for step in (1, 2, 3, 4)]
 
 
+def test_resuming_with_another_mean_std_names_both_files_and_the_fix(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=1)
+    training.train(cfg)
+    changed = dict(np.load(spoken_corpus / "mean_std.npz"))
+    changed["mean"] = changed["mean"] + 1.0
+    np.savez(tmp_path / "other_mean_std.npz", **changed)
+    last = model_folder(cfg)
+    other = resume_config(spoken_corpus, tmp_path, data__mean_std_path=str(tmp_path / "other_mean_std.npz"))
+    with pytest.raises(training.TrainingError, match=(
+            rf"{tmp_path / 'other_mean_std.npz'} differs from {last / 'mean_std.npz'}, the feature statistics "
+            rf"{last} was trained with; .* Pass --mean_std_path={last / 'mean_std.npz'} to continue it, "
+            rf"--pretrained_model={last} to fine-tune")):
+        training.train(other)
+    assert load_state(last).step == 1
+    same = resume_config(spoken_corpus, tmp_path, train__max_steps=2, data__mean_std_path=str(last / "mean_std.npz"))
+    training.train(same)  # the folder's own file: it goes on
+    assert load_state(last).step == 2
+    np.testing.assert_array_equal(read_params(last)["feat_mean"], load_mean_std(last / "mean_std.npz")["mean"])
+
+
 def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):
     cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=3)
     training.train(cfg)

@@ -21,9 +21,9 @@ from utils import allocator, cpu_kernels, feature_kernels, local_processes, plac
 from utils.augment import load_augmentation
 from utils.audio import AudioError
 from utils.batch_workers import LoaderWorkerError
-from utils.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint, finish_epoch_end,
-                              holds, is_complete, load_config, load_optimizer_state, load_state, load_tensors,
-                              missing_files, recover, remove_checkpoint, save_checkpoint, write_state)
+from utils.checkpoint import (MODEL_FILE, NORMALIZER_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
+                              finish_epoch_end, holds, is_complete, load_config, load_optimizer_state, load_state,
+                              load_tensors, missing_files, recover, remove_checkpoint, save_checkpoint, write_state)
 from utils.config import OPTIMIZERS, SCHEDULERS, Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
@@ -184,6 +184,23 @@ def check_vocabulary(folder: Path, vocabulary: Vocabulary) -> None:
                             f"or another --use_model to start fresh")
 
 
+def check_normalizer(folder: Path, mean_std_path: str) -> None:
+    """TrainingError where the config's mean_std differs from the one the folder was trained with.
+
+    A resumed model keeps its own normalizer (feat_mean, feat_istd come with its weights, which were
+    trained on features so scaled), while every save copies the config's mean_std.npz: going on would
+    leave a folder whose statistics file disagrees with its model. Refused rather than repaired, because
+    a changed file means the user meant other statistics, which only fine-tuning can take.
+    """
+    saved, now = load_mean_std(folder / NORMALIZER_FILE), load_mean_std(mean_std_path)
+    if not all(np.array_equal(saved[key], now[key]) for key in ("mean", "std")):
+        raise TrainingError(f"{mean_std_path} differs from {folder / NORMALIZER_FILE}, the feature statistics "
+                            f"{folder} was trained with; resuming would go on with the old ones and save the new "
+                            f"file beside them. Pass --mean_std_path={folder / NORMALIZER_FILE} to continue it, "
+                            f"--pretrained_model={folder} to fine-tune with the new statistics, or another "
+                            f"--use_model to start fresh")
+
+
 def init_distributed() -> tuple[int, int]:
     world_size = paddle.distributed.get_world_size()
     if world_size > 1:
@@ -281,6 +298,7 @@ def _start_from(run: _Run) -> None:
     folder = pick_resume_folder(run.cfg, run.model_root)
     if folder is not None:
         check_vocabulary(folder, run.vocabulary)
+        check_normalizer(folder, run.cfg.data.mean_std_path)
         for note in check_resumable(folder, run.cfg):
             run.log.info(note)
         run.state = restore(folder, run.model, run.optimizer, run.scaler)
