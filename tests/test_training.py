@@ -519,6 +519,32 @@ def test_resuming_with_another_mean_std_names_both_files_and_the_fix(spoken_corp
     np.testing.assert_array_equal(read_params(last)["feat_mean"], load_mean_std(last / "mean_std.npz")["mean"])
 
 
+@pytest.mark.parametrize("max_steps,accum_grad,eta", [(0, 1, "0:49:58"), (20, 1, "0:00:10"), (20, 2, "0:00:20"),
+                                                       (5000, 1, "0:49:58")])
+def test_the_eta_counts_the_batches_to_max_steps_when_it_ends_the_run_first(max_steps, accum_grad, eta, tmp_path):
+    """100 batches an epoch at 1 s each, at batch 2 of epoch 1 of 30, after 10 steps."""
+    cfg = tiny_config(tmp_path, tmp_path, train__num_epoch=30, train__max_steps=max_steps,
+                      train__accum_grad=accum_grad)
+    lines = []
+    log = type("Log", (), {"info": lambda self, line: lines.append(line), "scalar": lambda self, *args: None})()
+    optimizer = type("Optimizer", (), {"get_lr": lambda self: 1e-3})()
+    run = training._Run(cfg=cfg, state=training.TrainState(epoch=0, step=10), optimizer=optimizer, log=log)
+    timing = {"reader": 0.0, "batch": 2.0, "utts": 4, "audio": 8.0, "padding": 0.0, "batches": 2}
+    training._log_progress(run, 2, 100, [1.5], timing)
+    assert lines[0].endswith(f" eta {eta}")
+
+
+def test_a_folder_without_optimizer_state_resumes_and_says_the_optimizer_starts_anew(spoken_corpus, tmp_path):
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=1)
+    training.train(cfg)
+    (model_folder(cfg) / "optimizer.pdopt").unlink()
+    training.train(resume_config(spoken_corpus, tmp_path, train__max_steps=2))
+    log = (model_folder(cfg).parent / "train.log").read_text(encoding="utf-8")
+    assert (f"note: {model_folder(cfg)} has no optimizer.pdopt (an exported or copied model folder): the optimizer "
+            f"starts anew from its weights, its moments at zero") in log
+    assert load_state(model_folder(cfg)).step == 2
+
+
 def test_resume_at_max_steps_trains_no_further(spoken_corpus, tmp_path):
     cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=3)
     training.train(cfg)

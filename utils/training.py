@@ -302,6 +302,9 @@ def _start_from(run: _Run) -> None:
         for note in check_resumable(folder, run.cfg):
             run.log.info(note)
         run.state = restore(folder, run.model, run.optimizer, run.scaler)
+        if not (folder / OPTIMIZER_FILE).is_file():
+            run.log.info(f"note: {folder} has no {OPTIMIZER_FILE} (an exported or copied model folder): the "
+                         f"optimizer starts anew from its weights, its moments at zero")
         run.log.info(f"resumed from {folder}: epoch {run.state.epoch}, batch {run.state.batch_in_epoch}, "
                      f"step {run.state.step}, best {run.state.metrics_type} {run.state.best_metric}")
     elif run.cfg.train.pretrained_model:
@@ -412,7 +415,9 @@ def _log_progress(run: _Run, batch_no: int, num_batches: int, losses: list, timi
     t = run.cfg.train
     batches = max(1, timing["batches"])
     batch_cost = timing["batch"] / batches
-    remaining = (num_batches - batch_no) + (t.num_epoch - run.state.epoch - 1) * num_batches
+    remaining = (num_batches - batch_no) + (t.num_epoch - run.state.epoch - 1) * num_batches  # batches
+    if t.max_steps:  # or fewer, where max_steps ends the run first
+        remaining = min(remaining, (t.max_steps - run.state.step) * t.accum_grad)
     lr = run.optimizer.get_lr()
     run.log.info(f"epoch [{run.state.epoch + 1}/{t.num_epoch}] batch [{batch_no}/{num_batches}] "
                  f"loss {np.mean(losses):.4f} lr {lr:.3e} reader_cost {timing['reader'] / batches:.4f}s "
