@@ -394,7 +394,7 @@ def test_an_epoch_end_is_saved_before_its_evaluation_and_evaluated_on_the_next_s
     def evaluate_fails_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise ValueError("test.wav: file not found")
+            raise AudioError("test.wav: file not found")
         return REAL_EVALUATE(*args, **kwargs)
 
     def write_state_dies_second(folder, state):
@@ -406,7 +406,11 @@ def test_an_epoch_end_is_saved_before_its_evaluation_and_evaluated_on_the_next_s
         monkeypatch.setattr(training, "evaluate", evaluate_fails_second)
     else:
         monkeypatch.setattr(training, "write_state", write_state_dies_second)
-    with pytest.raises((ValueError, RuntimeError)):
+    with pytest.raises(training.TrainingError if fault == "evaluation_fails" else RuntimeError,
+                       match=(rf"the evaluation of epoch 2 failed: test.wav: file not found. The epoch's training "
+                              rf"is saved in {model_folder(first)}; fix or remove the file in "
+                              rf"{first.data.test_manifest} and run train.py again, which evaluates the epoch first"
+                              if fault == "evaluation_fails" else "killed")):
         training.train(first)
     monkeypatch.undo()
     for name in ("last_model", "epoch_2"):
@@ -433,6 +437,8 @@ def test_an_epoch_end_is_saved_before_its_evaluation_and_evaluated_on_the_next_s
     ({"train__metrics_type": "CER"}, "train.metrics_type is 'CER'; use one of cer, wer"),
     ({"data__augment_conf_path": str(TINY_YAML)}, rf"{TINY_YAML}:1: not valid JSON"),
     ({"model__rnn_type": "rnn"}, "model.rnn_type must be gru or lstm, not 'rnn'"),
+    ({"train__scheduler": "cosine"}, "unknown train.scheduler 'cosine'; use one of warmup_exponential, "
+                                     "warmup_halflife, constant"),
 ])
 def test_what_would_fail_after_an_epoch_fails_before_the_first_step(setting, message, spoken_corpus, tmp_path,
                                                                    monkeypatch):

@@ -274,6 +274,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                                    int(os.environ.get("OMP_NUM_THREADS", "1")),
                                    0 if t.deterministic else cfg.data.num_workers, placement.allowed_cores())
     optimizer = build_optimizer(cfg, model)
+    learning_rate_at(t.warmup_steps + t.hold_steps + 1, cfg)  # an unknown scheduler stops here, not after warm-up
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if t.use_amp else None
     train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
     log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
@@ -558,6 +559,10 @@ def _evaluate_epoch(run: _Run) -> None:
     run.interrupts.at_once = True  # nothing changes before the evaluation has ended
     try:
         result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
+    except AudioError as err:  # a test file gone or damaged since create_data
+        raise TrainingError(f"the evaluation of epoch {state.epoch} failed: {err}. The epoch's training is saved in "
+                            f"{run.model_root / 'last_model'}; fix or remove the file in {run.cfg.data.test_manifest} "
+                            f"and run train.py again, which evaluates the epoch first") from None
     finally:
         run.interrupts.at_once = False
     run.model.train()
