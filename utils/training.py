@@ -112,9 +112,10 @@ def _head_by_token(loaded: dict, own: dict, folder: Path, tokens: list[str]) -> 
     weight[:, new_ids], bias[new_ids] = old_weight[:, old_ids], old_bias[old_ids]
     moved = sum(i != j for i, j in pairs)
     new = [token for token in tokens if token not in old_id]
+    listed = f": {' '.join(new[:20])}" if new else ""
     return dict(zip(HEAD, (weight, bias))), (
         f"output layer: {len(pairs)} of {len(tokens)} tokens loaded by token from {vocab_path} ({moved} at "
-        f"another id there); {len(new)} not in it keep their initial weights" + (f": {' '.join(new[:20])}" if new else ""))
+        f"another id there); {len(new)} not in it keep their initial weights{listed}")
 
 
 def _scaler_state(scaler) -> dict:
@@ -560,9 +561,10 @@ def _evaluate_epoch(run: _Run) -> None:
     try:
         result = evaluate(model_forward(run.model), run.test_loader, t.metrics_type, run.decode_fn)
     except AudioError as err:  # a test file gone or damaged since create_data
-        raise TrainingError(f"the evaluation of epoch {state.epoch} failed: {err}. The epoch's training is saved in "
-                            f"{run.model_root / 'last_model'}; fix or remove the file in {run.cfg.data.test_manifest} "
-                            f"and run train.py again, which evaluates the epoch first") from None
+        raise TrainingError(f"the evaluation of epoch {state.epoch} failed: {err}. The epoch's training is saved "
+                            f"in {run.model_root / 'last_model'}; fix or remove the file in "
+                            f"{run.cfg.data.test_manifest} and run train.py again, which evaluates the epoch "
+                            f"first") from None
     finally:
         run.interrupts.at_once = False
     run.model.train()
