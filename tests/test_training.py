@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 import pytest
 
+import utils.resume as resume
 import utils.training as training
 from train_fixtures import (ROOT, TINY_YAML, cached_corpus, have_espeak, make_corpus, max_abs_diff, model_folder,
                             read_params, spoken_corpus, tiny_config)  # noqa: F401
@@ -621,7 +622,7 @@ def test_pretrained_output_layer_is_loaded_token_by_token(spoken_corpus, tmp_pat
     paddle.seed(0)
     model = build_model(source.model, 40, len(new_tokens), np.full(40, -3.0), np.full(40, 2.0))
     initial = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    skipped, note = training.load_pretrained(model, str(model_folder(source)), new_tokens)
+    skipped, note = resume.load_pretrained(model, str(model_folder(source)), new_tokens)
     assert skipped == []
     assert note == (f"output layer: {len(old_tokens)} of {len(new_tokens)} tokens loaded by token from "
                     f"{model_folder(source) / 'vocabulary.txt'} (0 at another id there); 3 not in it keep their "
@@ -630,7 +631,7 @@ def test_pretrained_output_layer_is_loaded_token_by_token(spoken_corpus, tmp_pat
     for name in loaded:
         if name in ("feat_mean", "feat_istd"):  # this dataset's normalizer
             np.testing.assert_array_equal(loaded[name], initial[name])
-        elif name not in training.HEAD:
+        elif name not in resume.HEAD:
             np.testing.assert_array_equal(loaded[name], pretrained[name])
     shared = len(old_tokens)
     np.testing.assert_array_equal(loaded["head.weight"][:, :shared], pretrained["head.weight"])
@@ -640,7 +641,7 @@ def test_pretrained_output_layer_is_loaded_token_by_token(spoken_corpus, tmp_pat
 
     permuted = old_tokens[:2] + old_tokens[2:][::-1]  # the same size, another order
     model = build_model(source.model, 40, len(permuted))
-    skipped, note = training.load_pretrained(model, str(model_folder(source)), permuted)
+    skipped, note = resume.load_pretrained(model, str(model_folder(source)), permuted)
     assert len(permuted) == 23 and skipped == [] and "23 of 23 tokens" in note and "(20 at another id" in note
     weight, bias = model.head.weight.numpy(), model.head.bias.numpy()
     for new_id, token in enumerate(permuted):
@@ -810,10 +811,10 @@ def _enabled_grad_scaler(init_loss_scaling):
 
 def test_paddles_grad_scaler_state_survives_state_json():
     """Its loss scale is a one-element tensor; saved as a float, it goes back as one element."""
-    saved = json.loads(json.dumps(training._scaler_state(_enabled_grad_scaler(2.0 ** 15))))
+    saved = json.loads(json.dumps(resume.scaler_state(_enabled_grad_scaler(2.0 ** 15))))
     assert saved["scale"] == 32768.0 and saved["incr_count"] == 7
     resumed = _enabled_grad_scaler(1.0)
-    training._restore_scaler(resumed, saved)
+    resume.restore_scaler(resumed, saved)
     assert resumed.state_dict()["scale"].tolist() == [32768.0] and resumed.state_dict()["incr_count"] == 7
 
 

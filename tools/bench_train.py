@@ -792,7 +792,7 @@ def reference_worker(spec: dict) -> dict:
     """A few bare steps of conf/deepspeech2.yml on real 161-dim spectrograms of 2-4 s clips."""
     import paddle
 
-    from utils import cpu_kernels, training
+    from utils import cpu_kernels, optim, training
     from utils.checkpoint import TrainState
     from utils.config import Config, load_yaml
     from utils.data import SpeechDataset, collate
@@ -814,7 +814,7 @@ def reference_worker(spec: dict) -> dict:
     gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     model.cpu_kernels, kernels = cpu_kernels.choose(cfg.train.cpu_kernels, on_cpu=not gpu)  # as train.py does
     run = training._Run(cfg=cfg, rank=0, world_size=1, model=model, parallel=model,
-                        optimizer=training.build_optimizer(cfg, model), scaler=None, train_set=dataset,
+                        optimizer=optim.build_optimizer(cfg, model), scaler=None, train_set=dataset,
                         state=TrainState(), nan_in_row=0)
     batch = [paddle.to_tensor(a) for a in collate([dataset[i] for i in range(len(dataset))])]
     model.train()

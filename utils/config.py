@@ -35,8 +35,8 @@ def one_of(*choices: str) -> Check:
 FEATURE_METHODS = ("linear", "fbank")  # utils.features.FEATURE_METHODS
 RNN_TYPES = ("gru", "lstm")  # utils.model
 LOADERS = ("slots", "paddle")  # utils.data.LOADERS
-OPTIMIZERS = ("adam", "adamw")  # utils.training.build_optimizer
-SCHEDULERS = ("warmup_exponential", "warmup_halflife", "constant")  # utils.training.learning_rate_at
+OPTIMIZERS = ("adam", "adamw")  # utils.optim.build_optimizer
+SCHEDULERS = ("warmup_exponential", "warmup_halflife", "constant")  # utils.optim.learning_rate_at
 CPU_KERNELS = ("auto", "fused", "paddle")  # utils.cpu_kernels.CHOICES
 THREAD_PLACEMENTS = ("auto", "off")  # utils.placement.CHOICES
 METRICS = ("cer", "wer")  # utils.metrics.METRICS

@@ -21,185 +21,21 @@ from utils import allocator, cpu_kernels, feature_kernels, local_processes, plac
 from utils.augment import load_augmentation
 from utils.audio import AudioError
 from utils.batch_workers import LoaderWorkerError
-from utils.checkpoint import (MODEL_FILE, NORMALIZER_FILE, OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint,
-                              finish_epoch_end, holds, is_complete, load_config, load_optimizer_state, load_state,
-                              load_tensors, missing_files, recover, remove_checkpoint, save_checkpoint, write_state)
-from utils.config import OPTIMIZERS, SCHEDULERS, Config, print_config, save_config
+from utils.checkpoint import (OPTIMIZER_FILE, FolderLock, TrainState, copy_checkpoint, finish_epoch_end, holds,
+                              recover, remove_checkpoint, save_checkpoint, write_state)
+from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
 from utils.features import feature_dim, load_mean_std
+from utils.interrupts import Interrupted, Interrupts
 from utils.manifest import read_manifest, read_manifest_table
 from utils.metrics import METRICS
 from utils.model import build_model, count_parameters
+from utils.optim import build_optimizer, learning_rate_at
+from utils.resume import (TrainingError, check_normalizer, check_resumable, check_vocabulary, load_pretrained,
+                          pick_resume_folder, restore, scaler_state)
 from utils.runlog import RunLog, format_duration
 from utils.text import Vocabulary
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to do."""
-
-
-def learning_rate_at(step: int, cfg: Config, world_size: int = 1) -> float:
-    """Warm-up linearly to the peak, hold, then decay (exponential or half-life) to a floor."""
-    t = cfg.train
-    peak = t.learning_rate * (world_size if t.scale_lr_by_world_size else 1)
-    if step < t.warmup_steps:
-        return peak * (step + 1) / t.warmup_steps
-    decay_steps = step - t.warmup_steps - t.hold_steps
-    if t.scheduler == "constant" or decay_steps <= 0:
-        return peak
-    if t.scheduler == "warmup_exponential":
-        return max(t.min_learning_rate, peak * t.decay_rate ** decay_steps)
-    if t.scheduler == "warmup_halflife":
-        return max(t.min_learning_rate, peak * 0.5 ** (decay_steps / t.halflife_steps))
-    raise TrainingError(f"unknown train.scheduler '{t.scheduler}'; use one of {', '.join(SCHEDULERS)}")
-
-
-def build_optimizer(cfg: Config, model: paddle.nn.Layer):
-    t = cfg.train
-    clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
-    if t.optimizer == "adamw":
-        return paddle.optimizer.AdamW(learning_rate=t.learning_rate, parameters=model.parameters(),
-                                      weight_decay=t.weight_decay, grad_clip=clip)
-    if t.optimizer == "adam":
-        return paddle.optimizer.Adam(learning_rate=t.learning_rate, parameters=model.parameters(),
-                                     weight_decay=t.weight_decay or None, grad_clip=clip)
-    raise TrainingError(f"unknown train.optimizer '{t.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
-
-
-HEAD = ("head.weight", "head.bias")  # the output layer: weight [hidden, vocabulary], bias [vocabulary]
-
-
-def load_pretrained(model: paddle.nn.Layer, folder: str, tokens: list[str]) -> tuple[list[str], str]:
-    """Load weights whose name and shape match, and the output layer token by token (`tokens`: this
-    model's vocabulary); returns the names left as initialised and a line on the output layer.
-
-    Vocabularies are sorted by frequency, so another corpus orders even the same tokens otherwise: the
-    output layer's columns follow the pretrained folder's vocabulary.txt, and a token it lacks keeps
-    its initial weights. The normalizer buffers (feat_mean, feat_istd) always come from this dataset's
-    mean_std, not from the pretrained model; they are not listed as skipped.
-    """
-    path = Path(folder) / MODEL_FILE
-    if not path.is_file():
-        raise TrainingError(f"--pretrained_model {folder} has no {MODEL_FILE}; pass a model folder")
-    loaded, own = paddle.load(str(path)), model.state_dict()
-    keep_own = {"feat_mean", "feat_istd"}  # this dataset's normalizer, not the pretrained one's
-    matching = {k: v for k, v in loaded.items() if k in own and k not in keep_own and k not in HEAD
-                and list(v.shape) == list(own[k].shape)}
-    head, note = _head_by_token(loaded, own, Path(folder), tokens)
-    matching.update(head)
-    model.set_state_dict(matching)
-    return sorted(k for k in own if k not in matching and k not in keep_own), note
-
-
-def _head_by_token(loaded: dict, own: dict, folder: Path, tokens: list[str]) -> tuple[dict, str]:
-    """The output layer's weight and bias with the pretrained columns moved to this vocabulary's ids."""
-    vocab_path = folder / "vocabulary.txt"
-    if not all(name in loaded for name in HEAD):
-        return {}, f"output layer: not loaded ({folder / MODEL_FILE} has none)"
-    if not vocab_path.is_file():
-        return {}, f"output layer: not loaded ({folder} has no vocabulary.txt to match its columns to tokens)"
-    old_tokens = Vocabulary.load(vocab_path).tokens
-    old_weight, old_bias = (np.asarray(loaded[name].numpy() if hasattr(loaded[name], "numpy") else loaded[name])
-                            for name in HEAD)
-    weight, bias = (own[name].numpy().copy() for name in HEAD)
-    if old_weight.shape != (weight.shape[0], len(old_tokens)) or old_bias.shape != (len(old_tokens),):
-        return {}, (f"output layer: not loaded (its shape {list(old_weight.shape)} does not fit this model's "
-                    f"{list(weight.shape)} and the {len(old_tokens)} tokens of {vocab_path})")
-    old_id = {token: i for i, token in enumerate(old_tokens)}
-    pairs = [(i, old_id[token]) for i, token in enumerate(tokens) if token in old_id]
-    new_ids, old_ids = [i for i, _ in pairs], [j for _, j in pairs]
-    weight[:, new_ids], bias[new_ids] = old_weight[:, old_ids], old_bias[old_ids]
-    moved = sum(i != j for i, j in pairs)
-    new = [token for token in tokens if token not in old_id]
-    listed = f": {' '.join(new[:20])}" if new else ""
-    return dict(zip(HEAD, (weight, bias))), (
-        f"output layer: {len(pairs)} of {len(tokens)} tokens loaded by token from {vocab_path} ({moved} at "
-        f"another id there); {len(new)} not in it keep their initial weights{listed}")
-
-
-def _scaler_state(scaler) -> dict:
-    """The AMP scaler's state as JSON values: its loss scale, a one-element tensor, as a float."""
-    if scaler is None:
-        return {}
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in scaler.state_dict().items()}
-
-
-def _restore_scaler(scaler, saved: dict) -> None:
-    """Give back what _scaler_state saved: GradScaler.load_state_dict reads scale[0]."""
-    scaler.load_state_dict(dict(saved, scale=np.array([saved["scale"]], np.float32)))
-
-
-def restore(folder: Path, model, optimizer, scaler) -> TrainState:
-    model.set_state_dict(load_tensors(folder / MODEL_FILE))
-    if (folder / OPTIMIZER_FILE).is_file():
-        load_optimizer_state(model, optimizer, folder / OPTIMIZER_FILE)
-    state = load_state(folder)
-    if scaler is not None and state.scaler:
-        _restore_scaler(scaler, state.scaler)
-    return state
-
-
-def pick_resume_folder(cfg: Config, model_root: Path) -> Path | None:
-    if cfg.train.resume_model:
-        folder = Path(cfg.train.resume_model)
-        if not is_complete(folder):
-            raise TrainingError(f"--resume_model {folder} is not a complete model folder")
-        return folder
-    last = model_root / "last_model"
-    if last.is_dir() and not is_complete(last):  # not left by our saves, which swap in whole folders
-        raise TrainingError(f"{last} lacks {', '.join(missing_files(last))}, so training cannot continue from it; "
-                            f"pass --resume_model={model_root}/epoch_N to continue from an epoch, or move {last} "
-                            f"away to start fresh")
-    return last if is_complete(last) else None
-
-
-RESUME_MUST_MATCH = ("model", "features")  # config sections a resumed run cannot change
-
-
-def check_resumable(folder: Path, cfg: Config) -> list[str]:
-    """TrainingError where the model or the features differ from the folder's config (its weights would
-    not fit, or would see other inputs); notes on what else changed that a resumed run should know."""
-    saved = load_config(folder)
-    changed = [f"{section}.{key}={value!r} (now {getattr(getattr(cfg, section), key)!r})"
-               for section in RESUME_MUST_MATCH for key, value in vars(getattr(saved, section)).items()
-               if getattr(getattr(cfg, section), key) != value
-               and not (key == "n_mels" and saved.features.feature_method != "fbank")]
-    if changed:
-        raise TrainingError(f"{folder} was trained with {', '.join(changed)}; set them back to continue it, pass "
-                            f"--pretrained_model={folder} to fine-tune what still fits, or another --use_model "
-                            f"to start fresh")
-    notes = []
-    if saved.train.batch_size != cfg.train.batch_size and load_state(folder).batch_in_epoch > 0:
-        notes.append(f"note: {folder} stopped mid-epoch with batch_size {saved.train.batch_size}, now "
-                     f"{cfg.train.batch_size}: the rest of that epoch is cut into other batches, so some of its "
-                     f"utterances are seen twice and others not at all")
-    return notes
-
-
-def check_vocabulary(folder: Path, vocabulary: Vocabulary) -> None:
-    saved = Vocabulary.load(folder / "vocabulary.txt")
-    if saved.tokens != vocabulary.tokens:
-        raise TrainingError(f"{folder}/vocabulary.txt differs from the dataset vocabulary; resuming would "
-                            f"mislabel every token. Use --pretrained_model to fine-tune on a new vocabulary, "
-                            f"or another --use_model to start fresh")
-
-
-def check_normalizer(folder: Path, mean_std_path: str) -> None:
-    """TrainingError where the config's mean_std differs from the one the folder was trained with.
-
-    A resumed model keeps its own normalizer (feat_mean, feat_istd come with its weights, which were
-    trained on features so scaled), while every save copies the config's mean_std.npz: going on would
-    leave a folder whose statistics file disagrees with its model. Refused rather than repaired, because
-    a changed file means the user meant other statistics, which only fine-tuning can take.
-    """
-    saved, now = load_mean_std(folder / NORMALIZER_FILE), load_mean_std(mean_std_path)
-    if not all(np.array_equal(saved[key], now[key]) for key in ("mean", "std")):
-        raise TrainingError(f"{mean_std_path} differs from {folder / NORMALIZER_FILE}, the feature statistics "
-                            f"{folder} was trained with; resuming would go on with the old ones and save the new "
-                            f"file beside them. Pass --mean_std_path={folder / NORMALIZER_FILE} to continue it, "
-                            f"--pretrained_model={folder} to fine-tune with the new statistics, or another "
-                            f"--use_model to start fresh")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -292,7 +128,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
                 test_loader=make_eval_loader(test_set, t.batch_size), log=log,
                 state=TrainState(metrics_type=t.metrics_type), nan_in_row=0, parallel=model, decode_fn=decode_fn,
                 epoch_padding=[], placement=run_placement, malloc_note=malloc_note,
-                interrupts=_Interrupts())  # its handler is installed by _loop
+                interrupts=Interrupts())  # its handler is installed by _loop
 
 
 def _start_from(run: _Run) -> None:
@@ -326,7 +162,7 @@ def _start_from(run: _Run) -> None:
 
 
 def _save(run: _Run, name: str) -> Path:
-    run.state.scaler = _scaler_state(run.scaler)  # AMP's loss scale goes on where it was
+    run.state.scaler = scaler_state(run.scaler)  # AMP's loss scale goes on where it was
     return save_checkpoint(run.model_root / name, run.model, run.optimizer, run.state, run.cfg, run.vocabulary,
                            run.cfg.data.mean_std_path)
 
@@ -468,7 +304,7 @@ def _run_epoch(run: _Run) -> bool:
         if window_done and run.rank == 0 and _crossed(run.state.batch_in_epoch, t.accum_grad, t.save_step):
             _save(run, "last_model")
         if window_done and _stop_requested(run):
-            raise _Interrupted
+            raise Interrupted
         if t.max_steps and run.state.step >= t.max_steps:
             return micro_step + 1 == remaining  # an epoch ended by its last batch is evaluated
         tick = time.perf_counter()
@@ -495,33 +331,6 @@ def _next_batch(run: _Run, at_boundary: bool):
             raise TrainingError(f"the loader failed: {err}{saved}. Fix or remove the file (create_data.py "
                                 f"decodes every file and leaves out those that fail)") from None
         raise
-
-
-class _Interrupted(Exception):
-    """A SIGINT or SIGTERM acted on at a batch boundary."""
-
-
-class _Interrupts:
-    """SIGINT (Ctrl-C) and SIGTERM during training: noted by the handler and acted on at the next batch
-    boundary, where the checkpoint resumes exactly (a stop inside a forward pass, an optimizer step or
-    an accumulation window would save a state no uninterrupted run has: BatchNorm statistics moved, a
-    batch trained twice). Raised at once while evaluating, where nothing changes, and on a second
-    signal, which stops without saving."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.at_once = False  # evaluation: KeyboardInterrupt in the handler
-        self.forced = False   # a second signal: what the loop held is not saved
-
-    def handle(self, signum, frame) -> None:
-        if self.at_once:
-            raise KeyboardInterrupt(f"signal {signum}")
-        if self.signal is not None:
-            self.forced = True
-            raise KeyboardInterrupt(f"signal {signum}, a second time")
-        self.signal = signum
-        os.write(2, f"signal {signum}: stopping after this batch (again to stop at once, without saving)\n".encode())
-        # (os.write: a print here could land inside a print of the loop's, which raises on re-entry)
 
 
 def _stop_requested(run: _Run) -> bool:
@@ -637,12 +446,12 @@ def _loop(run: _Run) -> str:
             if run.world_size > 1:
                 paddle.distributed.barrier()
             if finished and _stop_requested(run):  # a signal during the epoch's end, now saved
-                raise _Interrupted
+                raise Interrupted
             if not finished:
                 if run.rank == 0:
                     _save(run, "last_model")
                 break
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Interrupted):
         if run.rank == 0 and not run.interrupts.forced:
             folder = _save(run, "last_model")
             run.log.info(f"interrupted: saved {folder} at epoch {run.state.epoch + 1}, batch "
