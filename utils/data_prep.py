@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
-import multiprocessing.pool
 import os
 import random
 import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import soundfile
-from tqdm import tqdm
 
 from utils import feature_kernels
 from utils.annotations import (SKIPPED_NAME, TEST_FILE_STEM, InputError, Skip, SkipLog,
@@ -40,12 +37,11 @@ from utils.features import FEATURE_METHODS, FeatureStats, compute_features, feat
 from utils.kept import KeptTable, raw_lines, rows_in_order
 from utils.manifest import Utterance, resolve_audio_path, write_manifest
 from utils.text import TextError, Vocabulary, check_to_simplified
+from utils.worker_pool import Workers, pmap, worker_pool
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 STATS_CHUNK = 8  # utterances per statistics task
-MAX_TASK_CHUNK = 256  # header probes per task sent to a worker
 PROBE_CHUNK = 64  # header probes per task when the lines stream in (their count unknown)
-TASKS_PER_WORKER = 8
 SECONDS_PER_HOUR = 3600.0
 MAX_LISTED_CHARS = 10
 MAX_LISTED_FILES = 3
@@ -115,7 +111,7 @@ def create_data(cfg: Config) -> PrepSummary:
 def _read_convert_and_measure(files: list[Path], cfg: Config, skips: SkipLog, summary: PrepSummary) -> tuple:
     """The worker pool's part: (kept, train rows, test rows, noise, mean, std); every line left out
     goes to `skips`, and summary gets the resampled and skipped counts."""
-    with _worker_pool(cfg.data.num_workers) as workers:
+    with worker_pool(cfg.data.num_workers) as workers:
         kept = _read_and_probe(files, cfg, skips, workers)
         if not len(kept) and not skips.count:  # not one line read: skipped.txt would explain nothing
             raise NothingToTrainOnError(_no_lines_message(files))
@@ -191,48 +187,6 @@ def _no_lines_message(files: list[Path]) -> str:
             f"write one utterance a line (MASR: path<TAB>text) and rerun")
 
 
-@dataclass
-class Workers:
-    pool: Optional[multiprocessing.pool.Pool]  # None: work in this process
-    count: int
-
-
-@contextlib.contextmanager
-def _worker_pool(count: int) -> Iterator[Workers]:
-    """A fork pool started before any list is read (so workers stay small), or in-process work."""
-    if count <= 1:
-        yield Workers(None, 1)
-        return
-    with multiprocessing.get_context("fork").Pool(count, initializer=_ignore_sigint) as pool:
-        yield Workers(pool, count)
-
-
-def _ignore_sigint() -> None:
-    """In each worker: Ctrl-C (sent to the whole process group) is the main process's to handle; it
-    stops the pool, so the workers print no traceback of their own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _pmap(workers: Workers, func: Callable, items: Iterable, desc: str, unit: str = "utt",
-          chunksize: int = 0, weights: Optional[list[int]] = None, total: Optional[int] = None) -> Iterator:
-    """Ordered map over items, in the pool when there is one, with a progress bar. Items may be
-    a generator: the pool takes them as its workers need them, so they are never all held."""
-    if workers.pool is None:
-        results = map(func, items)
-    else:
-        if not chunksize:
-            count = total if total is not None else len(items)
-            chunksize = max(1, min(MAX_TASK_CHUNK, count // (workers.count * TASKS_PER_WORKER)))
-        results = workers.pool.imap(func, items, chunksize)
-    if total is None and weights is None and hasattr(items, "__len__"):
-        total = len(items)
-    with tqdm(total=sum(weights) if weights is not None else total, desc=desc, unit=unit,
-              dynamic_ncols=True) as bar:
-        for index, result in enumerate(results):
-            bar.update(weights[index] if weights is not None else 1)
-            yield result
-
-
 def _audio_reason(err: AudioError, path: str) -> str:
     """'audio: file not found' from 'some/path.wav: file not found'."""
     message = str(err)
@@ -265,7 +219,7 @@ def _read_and_probe(files: list[Path], cfg: Config, skips: SkipLog, workers: Wor
 
     kept = KeptTable(_spill_dir(cfg))
     limits = cfg.data.min_duration, cfg.data.max_duration
-    for info in _pmap(workers, _probe_one, paths(), "audio headers", chunksize=PROBE_CHUNK):
+    for info in pmap(workers, _probe_one, paths(), "audio headers", chunksize=PROBE_CHUNK):
         while isinstance(pending[0], Skip):
             record = pending.popleft()
             skips.add(record.source, record.line_no, record.reason, record.raw)
@@ -328,7 +282,7 @@ def _probe_noise(cfg: Config, skips: SkipLog, workers: Workers) -> KeptTable:
     resampled = Path(cfg.prep.resampled_dir).resolve()
     paths = sorted(str(p) for p in noise_dir.rglob("*")
                    if p.suffix.lower() in AUDIO_SUFFIXES and resampled not in p.resolve().parents)
-    for path, info in zip(paths, _pmap(workers, _probe_one, paths, "noise headers", unit="file")):
+    for path, info in zip(paths, pmap(workers, _probe_one, paths, "noise headers", unit="file")):
         if isinstance(info, str):
             skips.add(str(noise_dir), 0, info, path)
         else:
@@ -402,7 +356,7 @@ def _convert_all(tables: list[KeptTable], cfg: Config, workers: Workers) -> tupl
     if not sources:
         return 0, 0
     tasks = ((src, str(mirror_path(src, resampled_dir)), rate, duration) for src, duration in sources.items())
-    results = dict(zip(sources, _pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1,
+    results = dict(zip(sources, pmap(workers, _convert_one, tasks, "resample", unit="file", chunksize=1,
                                       total=len(sources))))
     for table in tables:
         table.converted_path = lambda path: str(mirror_path(path, resampled_dir))
@@ -447,7 +401,7 @@ def _feature_stats(kept: KeptTable, train: np.ndarray, cfg: Config,
               feats.sample_rate, feats.n_mels) for i in starts)
     total = FeatureStats(feature_dim(feats.feature_method, feats.sample_rate, feats.n_mels))
     feature_kernels.load()  # built once here, not by each worker
-    for stats, failures in _pmap(workers, _stats_chunk, tasks, "mean/std", chunksize=1,
+    for stats, failures in pmap(workers, _stats_chunk, tasks, "mean/std", chunksize=1,
                                  weights=[min(STATS_CHUNK, len(sample) - i) for i in starts]):
         total.merge(stats)
         for row, reason in failures:
@@ -476,7 +430,7 @@ def _decode_check(table: KeptTable, rows: np.ndarray, cfg: Config, workers: Work
     if not len(rows):
         return
     tasks = ((int(row), table.path(int(row)), cfg.features.sample_rate) for row in rows)
-    for row, reason in _pmap(workers, _decode_one, tasks, "audio check", total=len(rows)):
+    for row, reason in pmap(workers, _decode_one, tasks, "audio check", total=len(rows)):
         if reason is not None:
             table.drop(row, reason)
 
