@@ -84,7 +84,7 @@ def _install_markers(emit) -> None:
     wrap(training, "save_checkpoint", "save", lambda folder, *_: Path(folder).name)
     wrap(training, "copy_checkpoint", "save", lambda source, folder, *_: Path(folder).name)
     wrap(training, "_prune_epochs", "save", lambda *_: "prune")
-    wrap(checkpoint, "_swap_in", "swap", lambda tmp, folder: Path(folder).name)  # inside a save
+    wrap(checkpoint, "swap_in", "swap", lambda tmp, folder: Path(folder).name)  # inside a save
     start_from = training._start_from
 
     def hooked_start(run):

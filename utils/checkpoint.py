@@ -65,7 +65,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _swap_in(tmp: Path, folder: Path) -> None:
+def swap_in(tmp: Path, folder: Path) -> None:
     """Replace folder by the complete tmp: folder -> .old-folder, tmp -> folder, drop .old-folder."""
     old = folder.with_name(".old-" + folder.name)
     if folder.exists():
@@ -136,7 +136,7 @@ def save_checkpoint(folder: str | Path, model: paddle.nn.Layer, optimizer, state
         _fsync_tree(tmp)
     except OSError as err:
         raise _save_failed(folder, tmp, err) from err
-    _swap_in(tmp, folder)
+    swap_in(tmp, folder)
     return folder
 
 
@@ -167,7 +167,7 @@ def copy_checkpoint(source: Path, folder: Path) -> None:
         _fsync_tree(tmp)
     except OSError as err:
         raise _save_failed(folder, tmp, err) from err
-    _swap_in(tmp, folder)
+    swap_in(tmp, folder)
 
 
 def remove_checkpoint(folder: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from utils.checkpoint import (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE, VOCAB_FILE, check_model_folder,
-                              is_complete, load_config, load_tensors)
+                              is_complete, load_config, load_tensors, swap_in)
 from utils.config import Config, save_config
 from utils.features import feature_dim
 from utils.model import build_model, log_softmax
@@ -329,9 +329,7 @@ def export_model(folder: str | Path, out_dir: str | Path) -> Path:
         shutil.copyfile(folder / name, tmp / name)
     save_config(cfg, tmp / CONFIG_FILE)
     write_export_source(folder, out_dir, tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    swap_in(tmp, out_dir)  # the earlier export stays whole until the new one takes its name
     return out_dir
 
 
