@@ -371,6 +371,16 @@ def test_without_a_lineage_the_test_results_tell_another_branch(parts, tmp_path)
     assert finish_epoch_end(tmp_path) == [] and load_state(tmp_path / "last_model").step == 10
 
 
+def test_an_epoch_n_saved_before_lineages_does_not_continue_a_last_model_with_one(parts, tmp_path):
+    """Upgraded, then resumed from the old epoch_3 and stopped mid-epoch before any evaluation: the old
+    epoch_5 has the same results so far, but a folder without a lineage never follows one that has it."""
+    save(parts, tmp_path / "epoch_3", step=12, epoch=3, best_epoch=2, history=results(0, 1, 2))
+    save(parts, tmp_path / "epoch_5", step=20, epoch=5, best_epoch=2, history=results(0, 1, 2))
+    save(parts, tmp_path / "last_model", step=14, epoch=3, batch=2, best_epoch=2, history=results(0, 1, 2),
+         lineage=[["b", 12]])
+    assert finish_epoch_end(tmp_path) == [] and load_state(tmp_path / "last_model").step == 14
+
+
 def test_an_epoch_n_of_a_run_resumed_from_last_model_is_taken(parts, tmp_path):
     """Run b resumed from last_model (step 6), ended epoch 2 and was killed before copying it: taken. Run c
     resumed from an older checkpoint (step 4) of run a: not, though it is further on."""

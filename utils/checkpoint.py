@@ -204,11 +204,15 @@ def _progress(state: TrainState) -> tuple[int, int, int, int]:
 def continues(earlier: TrainState, later: TrainState) -> bool:
     """Whether `later` was trained on from `earlier` (or is it): at or past its step, its test results a
     prefix, and its runs (lineage) the same up to where `later`'s next run started, at or past `earlier`'s
-    step. Checkpoints saved before state.json held a lineage are judged by step and test results alone."""
+    step. A checkpoint saved before state.json held a lineage is judged by step and test results alone when
+    it is `earlier`; as `later` it continues no checkpoint that has one (nothing saved with a lineage is
+    ever followed by one without: it is of another, older branch)."""
     if earlier.step > later.step or later.history[:len(earlier.history)] != earlier.history:
         return False
-    if not earlier.lineage or not later.lineage:
+    if not earlier.lineage:
         return True
+    if not later.lineage:
+        return False
     runs = len(earlier.lineage)
     if later.lineage[:runs] != earlier.lineage:
         return False
