@@ -470,8 +470,9 @@ def test_cr_and_utf16_lists_read_line_by_line(tmp_path):
     tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5) for name in "abc"]
     lines = [f"{tones[0]}\tone", f"{tones[1]}\ttwo", "no tab here", f"{tones[2]}\tthree"]
     (tmp_path / "cr.txt").write_bytes("\r".join(lines).encode("utf-8") + b"\r")
+    (tmp_path / "cr_lf.txt").write_bytes("\r".join(lines).encode("utf-8") + b"\n")  # an LF appended to one
     (tmp_path / "u16.txt").write_bytes("\r\n".join(lines).encode("utf-16"))  # with its BOM
-    for name in ("cr.txt", "u16.txt"):
+    for name in ("cr.txt", "cr_lf.txt", "u16.txt"):
         create_data(prep_config(tmp_path, tmp_path / name, **{"prep.test_every": 0}))
         assert sorted(t["text"] for t in manifest(tmp_path, "train")) == ["one", "three", "two"], name
         assert [row[1:] for row in read_skipped(tmp_path / "out" / "skipped.txt")] == [
@@ -479,8 +480,8 @@ def test_cr_and_utf16_lists_read_line_by_line(tmp_path):
 
 
 def test_a_stray_cr_inside_a_line_of_an_lf_file_is_a_space_not_a_line_end(tmp_path):
-    """Only a file with no LF at all has its lines end at CR: elsewhere a CR cut the transcript short and
-    shifted every later line number. CRLF files read as before."""
+    """Only a file of more lone CRs than LFs has its lines end at CR: elsewhere a CR cut the transcript short
+    and shifted every later line number. CRLF files read as before."""
     tones = [write_tone(tmp_path / "audio" / f"{name}.wav", 0.5) for name in "abc"]
     lines = [f"{tones[0]}\tone\rtwo", "no tab here", f"{tones[1]}\tthree", f"{tones[2]}\tfour"]
     (tmp_path / "lf.txt").write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))

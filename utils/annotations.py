@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,15 +209,20 @@ def _file_lines(path: Path) -> Iterator[bytes]:
         yield from _split_lines(handle)
 
 
+LINE_END_SAMPLE_BYTES = 1 << 16  # how much of a file is read to tell CR-ended lines from LF-ended ones
+
+
 def _split_lines(handle: BinaryIO) -> Iterator[bytes]:
     """Lines end at LF or CRLF; a lone CR inside a line stays in it (a stray one must not cut a transcript
-    short and shift every later line number; normalize_text makes it a space). Only a file with no LF at
-    all (old Mac files, which would otherwise read as one line) has its lines end at CR."""
-    first = handle.readline()  # the whole file when it holds no LF
-    if not first.endswith(b"\n"):
-        yield from first.splitlines()  # bytes.splitlines splits at LF, CRLF and CR only (str.splitlines at more)
+    short and shift every later line number; normalize_text makes it a space). A file whose first 64 KB
+    hold more lone CRs than LFs (old Mac files, with perhaps an LF appended at the end) has its lines end
+    at CR as well."""
+    sample = handle.read(LINE_END_SAMPLE_BYTES)
+    handle.seek(0)
+    if sample.count(b"\r") - sample.count(b"\r\n") > sample.count(b"\n"):
+        yield from handle.read().splitlines()  # bytes.splitlines: at LF, CRLF and CR only (str's at more)
         return
-    for data in itertools.chain((first,), handle):
+    for data in handle:
         data = data.removesuffix(b"\n")
         yield data.removesuffix(b"\r")
 

@@ -97,8 +97,9 @@ def _line_text(line: str, fmt: str, path: Path, line_no: int) -> str:
 def read_sentences(path: str | Path) -> list[str]:
     """The raw sentences of a manifest, annotation list or plain text file (empty lines skipped).
 
-    Lines end in LF or CRLF (a lone CR only in a file with no LF: old Mac files); UTF-8 (with or without BOM) and UTF-16 with a BOM are read,
-    anything else is refused naming the first line that is not UTF-8.
+    Lines end in LF or CRLF (at a lone CR too in a file of more lone CRs than LFs: old Mac files);
+    UTF-8 (with or without BOM) and UTF-16 with a BOM are read, anything else is refused naming the
+    first line that is not UTF-8.
     """
     path = Path(path)
     if not path.is_file():
