@@ -784,6 +784,14 @@ def test_resuming_with_another_model_size_names_the_keys(spoken_corpus, tmp_path
     with pytest.raises(training.TrainingError, match=rf"was trained with model.rnn_size={cfg.model.rnn_size} "
                                                      rf"\(now {cfg.model.rnn_size * 2}\).*--pretrained_model"):
         training.train(bigger)
+    # with new statistics as well (create_data run again for other features): the model's change is said
+    # first, not the statistics', whose advice (--mean_std_path=the folder's) would fail next
+    statistics = dict(np.load(spoken_corpus / "mean_std.npz"))
+    statistics["mean"] = statistics["mean"] + 1.0
+    np.savez(tmp_path / "new_mean_std.npz", **statistics)
+    bigger.data.mean_std_path = str(tmp_path / "new_mean_std.npz")
+    with pytest.raises(training.TrainingError, match=rf"was trained with model.rnn_size={cfg.model.rnn_size}"):
+        training.train(bigger)
 
 
 def test_the_amp_scaler_state_goes_into_the_checkpoint(spoken_corpus, tmp_path, monkeypatch):
@@ -797,6 +805,26 @@ def test_the_amp_scaler_state_goes_into_the_checkpoint(spoken_corpus, tmp_path, 
     run.scaler = Scaler()
     training._save(run, "last_model")
     assert load_state(model_folder(cfg)).scaler == {"scale": 512.0, "incr_count": 3}
+
+
+def test_pruning_keeps_the_epoch_just_saved_and_the_newest_others(tmp_path):
+    """A run resumed from epoch_1 saves epoch_2 beside the first run's epoch_3..5: keep_last 3 must not
+    remove the epoch it has just saved because higher numbers are there."""
+    from utils.config import Config
+
+    for n in range(1, 6):
+        (tmp_path / f"epoch_{n}").mkdir()
+    cfg = Config()
+    cfg.train.keep_last = 3
+    training._prune_epochs(training._Run(cfg=cfg, model_root=tmp_path, state=training.TrainState(epoch=2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_2", "epoch_4", "epoch_5"]
+    cfg.train.keep_last = 1
+    training._prune_epochs(training._Run(cfg=cfg, model_root=tmp_path, state=training.TrainState(epoch=5)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_5"]
+    cfg.train.keep_last = 0
+    (tmp_path / "epoch_6").mkdir()
+    training._prune_epochs(training._Run(cfg=cfg, model_root=tmp_path, state=training.TrainState(epoch=6)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_5", "epoch_6"]
 
 
 def _enabled_grad_scaler(init_loss_scaling):

@@ -123,7 +123,8 @@ class TrainConfig:
     log_interval: int = _key(20, "batches between log lines", AT_LEAST_1)
     save_step: int = _key(0, "also save last_model every this many batches (0: only at the end of each epoch, "
                              "which saves epoch_N and last_model)", AT_LEAST_0)
-    keep_last: int = _key(3, "epoch_N folders kept, the newest (0: keep every one)", AT_LEAST_0)
+    keep_last: int = _key(3, "epoch_N folders kept: the one just saved and the highest-numbered others "
+                             "(0: keep every one)", AT_LEAST_0)
     metrics_type: str = _key("cer", "cer or wer, picks best_model", one_of(*METRICS))
     eval_decoder: str = _key("ctc_greedy", "decoder for the per-epoch test evaluation: ctc_greedy, or "
                                            "ctc_beam_search with the decode keys", one_of(*DECODERS))

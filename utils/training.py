@@ -136,8 +136,9 @@ def _start_from(run: _Run) -> None:
     folder = pick_resume_folder(run.cfg, run.model_root)
     if folder is not None:
         check_vocabulary(folder, run.vocabulary)
+        notes = check_resumable(folder, run.cfg)  # first: changed features also change the statistics
         check_normalizer(folder, run.cfg.data.mean_std_path)
-        for note in check_resumable(folder, run.cfg):
+        for note in notes:
             run.log.info(note)
         run.state = restore(folder, run.model, run.optimizer, run.scaler)
         if not (folder / OPTIMIZER_FILE).is_file():
@@ -168,9 +169,14 @@ def _save(run: _Run, name: str) -> Path:
 
 
 def _prune_epochs(run: _Run) -> None:
-    epochs = sorted((p for p in run.model_root.glob("epoch_*") if p.name[6:].isdigit()),
+    """Keep the epoch_N just saved and the keep_last - 1 highest-numbered others (a run resumed from an
+    older epoch_N finds the first run's later ones there: they are not its own, but the newest numbers)."""
+    if run.cfg.train.keep_last <= 0:
+        return
+    just_saved = run.model_root / f"epoch_{run.state.epoch}"
+    others = sorted((p for p in run.model_root.glob("epoch_*") if p.name[6:].isdigit() and p != just_saved),
                     key=lambda p: int(p.name[6:]))
-    for old in epochs[:-run.cfg.train.keep_last] if run.cfg.train.keep_last > 0 else []:
+    for old in others[:len(others) - (run.cfg.train.keep_last - 1)]:
         remove_checkpoint(old)
 
 
@@ -408,6 +414,8 @@ def train(cfg: Config) -> str:
     lock = FolderLock(model_root) if rank == 0 else None
     with lock or _NoLock():
         notes = recover(model_root) + finish_epoch_end(model_root) if rank == 0 else []
+        if world_size > 1:  # the other ranks pick their resume folder once rank 0 has repaired the folders
+            paddle.distributed.barrier()
         try:
             run = _setup(cfg, rank, world_size, model_root)
             for note in notes:
