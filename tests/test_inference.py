@@ -201,6 +201,9 @@ def test_an_export_of_another_checkpoint_gives_way_to_best_model_with_a_note(tra
     assert capsys.readouterr().err == (f"note: {export} was exported from {root / 'epoch_7'}, not from {best}; "
                                        f"using {best}. Pass --model_path {export} to use the export, or export "
                                        f"{best}: {fix}\n")
+    shutil.rmtree(root / "epoch_7")  # pruned by keep_last since
+    assert default_model_folder(cfg, flag="--model_path") == best
+    assert capsys.readouterr().err.startswith(f"note: {export} was exported from {root / 'epoch_7'}, not from")
 
 
 def test_exported_runners_and_checkpoint_agree_on_real_utterances(trained):

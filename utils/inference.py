@@ -103,8 +103,8 @@ def default_model_folder(cfg: Config, messages: list[str] | None = None, flag: s
     if is_exported(export):
         state, checkpoint = export_source(export)
         folder = checkpoint if state == "changed" else export
-        if state in ("current", "changed") and checkpoint.resolve() != (root / "best_model").resolve() \
-                and is_complete(root / "best_model"):
+        if checkpoint is not None and checkpoint.resolve() != (root / "best_model").resolve() \
+                and is_complete(root / "best_model"):  # an export of epoch_N, kept or pruned since
             folder = root / "best_model"
             out.append(f"note: {export} was exported from {checkpoint}, not from {folder}; using {folder}. Pass "
                        f"{flag} {export} to use the export, or export {folder}: {_export_command(folder, export)}")
