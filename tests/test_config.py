@@ -190,6 +190,22 @@ def test_saved_config_reads_back(tmp_path):
     assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
 
 
+def test_a_model_folders_saved_config_is_read_without_todays_ranges(tmp_path):
+    """grad_clip -1 meant 'off' before ranges were checked: the model must still load for eval and infer."""
+    from utils.checkpoint import load_config
+
+    saved = to_dict(Config())
+    saved["train"]["grad_clip"] = -1.0
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    assert load_config(tmp_path).train.grad_clip == -1.0
+    with pytest.raises(ConfigError, match="'train.grad_clip' must be >= 0, got -1.0"):
+        from_dict(saved)
+    saved["train"]["grad_clip"] = "high"  # a wrong type is still refused
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    with pytest.raises(ConfigError, match="'train.grad_clip' expects float"):
+        load_config(tmp_path)
+
+
 def test_script_defaults_and_aliases():
     cfg = parse("--resume_model=models/best", defaults={"data.num_workers": 0},
                 aliases={"resume_model": "eval.result_path"})

@@ -312,7 +312,7 @@ def load_config(folder: str | Path) -> Config:
     import yaml
 
     path = Path(folder) / CONFIG_FILE
-    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path), check_ranges=False)
 
 
 def check_model_folder(folder: str | Path) -> Path:

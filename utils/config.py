@@ -283,8 +283,10 @@ def _check_range(dotted: str, value: Any, check: Optional[Check], default: Any, 
                           f"in the YAML or on the command line (default: --{dotted}={default!r})")
 
 
-def set_key(cfg: Config, dotted: str, value: Any, source: str, from_text: bool = False) -> None:
-    """Set `section.key` (or a unique bare key) on cfg, checking name, type and range.
+def set_key(cfg: Config, dotted: str, value: Any, source: str, from_text: bool = False,
+            check_range: bool = True) -> None:
+    """Set `section.key` (or a unique bare key) on cfg, checking name, type and (unless check_range is
+    False) range.
 
     from_text: value is command-line text (or True for a bare flag), parsed for the key's type.
     """
@@ -301,8 +303,9 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str, from_text: bool =
     if from_text:
         value = _parse_value(value, fields[key].type)
     value = _coerce(dotted, value, fields[key].type, source)
-    default = getattr(type(section)(), key)
-    _check_range(dotted, value, fields[key].metadata["check"], default, source)
+    if check_range:
+        _check_range(dotted, value, fields[key].metadata["check"], default=getattr(type(section)(), key),
+                     source=source)
     setattr(section, key, value)
 
 
@@ -327,11 +330,14 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict, source: str = "saved config") -> Config:
+def from_dict(data: dict, source: str = "saved config", check_ranges: bool = True) -> Config:
+    """A Config from nested sections. check_ranges False for the config saved with a model: its values were
+    accepted when it was written, and a range a later version narrowed (train.grad_clip -1 once meant off)
+    must not make the model unusable for eval, infer or export; names and types are still checked."""
     cfg = Config()
     for section_name, values in data.items():
         for key, value in values.items():
-            set_key(cfg, f"{section_name}.{key}", value, source)
+            set_key(cfg, f"{section_name}.{key}", value, source, check_range=check_ranges)
     return cfg
 
 
