@@ -255,12 +255,12 @@ def test_training_keys_out_of_range_fail_at_load_naming_key_and_values(arg, mess
 
 
 def test_the_choices_are_the_ones_the_modules_act_on():
-    from utils import config, cpu_kernels, data, decoders, features, inference, metrics, placement
+    from utils import config, cpu_kernels, data, decoders, features, inference, metrics, model, placement
 
     assert config.FEATURE_METHODS == features.FEATURE_METHODS and config.LOADERS == data.LOADERS
     assert config.CPU_KERNELS == cpu_kernels.CHOICES and config.THREAD_PLACEMENTS == placement.CHOICES
     assert config.METRICS == metrics.METRICS and config.DECODERS == decoders.DECODER_NAMES
-    assert config.RUNTIMES == inference.RUNTIMES
+    assert config.RUNTIMES == inference.RUNTIMES and config.RNN_TYPES == model.RNN_TYPES
 
 
 @pytest.mark.parametrize("name", ["deepspeech2.yml", "demo.yml", "demo_zh.yml", "tiny.yml"])

@@ -575,13 +575,16 @@ def test_ctrl_c_while_the_outputs_take_their_names_is_ignored(clean_corpus, monk
         real_replace(source, target)
         renamed.append(Path(target).name)
     monkeypatch.setattr(data_prep.os, "replace", replace_and_interrupt)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background of a shell
+    # Ctrl-C as at a terminal: pytest run in the background of a shell inherits SIGINT ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         create_data(prep_config(clean_corpus, clean_corpus / "annotation"))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     except KeyboardInterrupt:  # caught: left to pytest, it would stop the whole session
         pytest.fail(f"Ctrl-C stopped the renames after {renamed}")
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert renamed == ["manifest.train", "manifest.test", "vocabulary.txt", "mean_std.npz"]
-    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_cli_ctrl_c_says_the_outputs_are_unchanged(clean_corpus):

@@ -33,7 +33,7 @@ def one_of(*choices: str) -> Check:
 
 
 FEATURE_METHODS = ("linear", "fbank")  # utils.features.FEATURE_METHODS
-RNN_TYPES = ("gru", "lstm")  # utils.model
+RNN_TYPES = ("gru", "lstm")  # utils.model.RNN_TYPES
 LOADERS = ("slots", "paddle")  # utils.data.LOADERS
 OPTIMIZERS = ("adam", "adamw")  # utils.optim.build_optimizer
 SCHEDULERS = ("warmup_exponential", "warmup_halflife", "constant")  # utils.optim.learning_rate_at

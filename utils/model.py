@@ -13,6 +13,7 @@ from utils import cpu_kernels
 from utils.config import ModelConfig
 
 HARDTANH_MAX = 20.0  # clipped ReLU of DeepSpeech2
+RNN_TYPES = ("gru", "lstm")
 
 
 def conv_output_length(length, kernel: int, stride: int):
@@ -45,8 +46,8 @@ class DeepSpeech2(nn.Layer):
         super().__init__()
         if not (len(cfg.conv_channels) == len(cfg.conv_kernels) == len(cfg.conv_strides)):
             raise ValueError("model.conv_channels, conv_kernels and conv_strides must have the same length")
-        if cfg.rnn_type not in ("gru", "lstm"):
-            raise ValueError(f"model.rnn_type must be gru or lstm, not '{cfg.rnn_type}'")
+        if cfg.rnn_type not in RNN_TYPES:
+            raise ValueError(f"model.rnn_type must be {' or '.join(RNN_TYPES)}, not '{cfg.rnn_type}'")
         self.cfg, self.feat_dim, self.vocab_size = cfg, feat_dim, vocab_size
         # The normalizer travels with the weights (state dict, checkpoints and exports).
         mean = np.zeros(feat_dim, np.float32) if mean is None else np.asarray(mean, np.float32)
