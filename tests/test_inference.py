@@ -444,9 +444,29 @@ def test_eval_unknown_decoder_is_a_clear_error(trained, tmp_path):
                       "--decoder", "beam_magic", cwd=tmp_path)
     no_traceback(proc)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == ("error: unknown decoder 'beam_magic'; use one of "
-                                                    "ctc_greedy, ctc_beam_search")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: command line: config key 'decode.decoder' must be one of ctc_greedy, ctc_beam_search, got "
+        "'beam_magic'; fix the value in the YAML or on the command line (default: --decode.decoder='ctc_greedy')")
     assert "cer=" not in proc.stdout
+
+
+def test_eval_takes_model_path_too_and_keeps_the_models_own_keys(trained, tmp_path):
+    """Every script accepts every key: eval.py --model_path scored best_model instead, and --rnn_size was
+    printed as the effective config while the model ran with its own."""
+    epoch = trained["root"] / "epoch_1"
+    proc = run_script("eval.py", "--model_path", epoch, "--test_manifest", trained["manifest"], "--rnn_size", "999",
+                      cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"model={epoch}")
+    assert f"note: model.rnn_size=999 ignored: {epoch} was trained with 32 ({epoch / 'config.yml'})" in proc.stderr
+    assert "rnn_size: 999" not in proc.stdout
+    both = run_script("infer.py", "--model_path", epoch, "--resume_model", trained["model"], "--wav_path",
+                      trained["corpus"] / "audio" / "test_0.wav", cwd=tmp_path)
+    no_traceback(both)
+    assert both.returncode == 1 and both.stderr.strip().splitlines()[-1] == (
+        f"error: command line: --resume_model={trained['model']} and --model_path={epoch} name different models; "
+        f"give one (for infer.py: --model_path)")
 
 
 # ----------------------------------------------------------------------------- infer.py inputs

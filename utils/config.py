@@ -133,14 +133,14 @@ class TrainConfig:
     seed: int = _key(1000, "random seed (weights, shuffling, augmentation)")
     deterministic: bool = _key(False, "deterministic kernels and single-thread loading, for reproducible runs")
     resume_model: Optional[str] = _key(None, "train.py: resume from this model folder (default: last_model if "
-                                             "present); eval.py, tools/tune.py: the model to evaluate (default: "
-                                             "as infer.model_path)")
+                                             "present); eval.py, infer.py, tools/tune.py: the model to use, as "
+                                             "infer.model_path")
     pretrained_model: Optional[str] = _key(None, "fine-tune: load matching weights from this model folder")
 
 
 @dataclass
 class DecodeConfig:
-    decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search")  # eval.py and infer.py name a wrong one
+    decoder: str = _key("ctc_greedy", "ctc_greedy or ctc_beam_search", one_of(*DECODERS))
     lang_model_path: Optional[str] = _key("lm/demo_en.arpa", "KenLM model (ARPA, .arpa.gz or binary) for "
                                                              "beam search; None or '': beam search without LM")
     alpha: float = _key(1.0, "language model weight")
@@ -173,8 +173,9 @@ class EvalConfig:
 @dataclass
 class InferConfig:
     wav_path: str = _key("dataset/test.wav", "a wav file, a folder of audio, or a list file")
-    model_path: Optional[str] = _key(None, "model folder or exported model (default: models/<use_model>/infer "
-                                           "when exported from the current best_model, else best_model)")
+    model_path: Optional[str] = _key(None, "eval.py, infer.py, tools/tune.py: model folder or exported model "
+                                           "(default: models/<use_model>/infer when exported from the current "
+                                           "best_model, else best_model)")
     is_long_audio: bool = _key(False, "split at silences and decode piece by piece")
     timestamps: bool = _key(False, "print word (English) or character (Chinese) times")
     runtime: str = _key("onnx", "exported models (infer, eval, tune): onnx (ONNX Runtime) or paddle (Paddle Inference)",
@@ -381,13 +382,14 @@ def _help_epilog(argv: list[str], default_config: str | None, defaults: dict | N
 
 def parse_args(description: str, default_config: str | None, argv: list[str] | None = None,
                defaults: dict[str, Any] | None = None, aliases: dict[str, str] | None = None,
-               base_config=None) -> Config:
+               base_config=None, settle=None) -> Config:
     """Build the effective config: defaults, `defaults` (per script), --configs YAML, then CLI keys.
 
     `aliases` maps a script's command-line name to a dotted key (eval.py's --resume_model).
     `base_config(cfg) -> Config | None` may supply the starting point instead of the defaults
     (eval.py and infer.py start from the config saved with the model); the YAML and the
-    command line are applied on top of it again.
+    command line are applied on top of it again. `settle(cfg)`, when given, has the last word
+    (before --print_config prints).
     """
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(argv, default_config, defaults),
@@ -400,6 +402,8 @@ def parse_args(description: str, default_config: str | None, argv: list[str] | N
     base = base_config(cfg) if base_config else None
     if base is not None:
         cfg = _build(base, defaults, known.configs, pairs)
+    if settle is not None:
+        settle(cfg)
     if known.print_config:
         print(to_yaml(cfg), end="")
         sys.exit(0)

@@ -334,28 +334,51 @@ def export_model(folder: str | Path, out_dir: str | Path) -> Path:
 
 
 
+MODEL_FOLDER_KEYS = ("train.resume_model", "infer.model_path")  # either names the model eval, infer, tune use
+FIXED_BY_THE_MODEL = ("model", "features")  # config sections the model folder's config.yml decides
+
+
 def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Config, Path]:
     """Config and model folder for a script that uses a trained model (eval, infer, tune).
 
-    The folder is the value of `folder_key` ("train.resume_model" or "infer.model_path") or
-    default_model_folder. It is picked once, before the config saved in it applies (that
-    config's resume_model is the training's, not ours); the command line then applies on top.
+    The folder is the value of `folder_key` ("train.resume_model" or "infer.model_path"; the other one
+    is taken too, as every script accepts every key) or default_model_folder. It is picked once, before
+    the config saved in it applies (that config's resume_model is the training's, not ours); the
+    command line then applies on top, except the model and feature keys, which are the folder's.
     """
-    from utils.config import parse_args, print_config
+    from utils.config import ConfigError, parse_args, print_config
 
     chosen: list[Path] = []
     messages: list[str] = []  # about the folder picked: printed after the config, where they are seen
 
     def base_config(cfg: Config) -> Config | None:
-        section, key = folder_key.split(".")
-        explicit = getattr(getattr(cfg, section), key)
-        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages, "--" + key))
+        given = {dotted: _get(cfg, dotted) for dotted in MODEL_FOLDER_KEYS if _get(cfg, dotted)}
+        if len(set(given.values())) > 1:
+            raise ConfigError("command line: " + " and ".join(f"--{k.split('.')[1]}={v}" for k, v in given.items())
+                              + f" name different models; give one (for {script}: --{folder_key.split('.')[1]})")
+        explicit = given.get(folder_key) or next(iter(given.values()), None)
+        flag = "--" + folder_key.split(".")[1]
+        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages, flag))
         if explicit and is_exported(explicit):
-            messages.extend(_stale_export_warning(Path(explicit), "--" + key))
+            messages.extend(_stale_export_warning(Path(explicit), flag))
         return folder_config(chosen[-1])
 
-    cfg = parse_args(description, default_config=None, base_config=base_config)
+    def keep_the_models_own(cfg: Config) -> None:
+        saved = folder_config(chosen[-1])
+        for section in FIXED_BY_THE_MODEL if saved is not None else ():
+            for key, value in vars(getattr(saved, section)).items():
+                if getattr(getattr(cfg, section), key) != value:
+                    messages.append(f"note: {section}.{key}={getattr(getattr(cfg, section), key)!r} ignored: "
+                                    f"{chosen[-1]} was trained with {value!r} ({chosen[-1] / CONFIG_FILE})")
+                    setattr(getattr(cfg, section), key, value)
+
+    cfg = parse_args(description, default_config=None, base_config=base_config, settle=keep_the_models_own)
     print_config(cfg, script)
     _print_messages(messages)
     return cfg, chosen[0]
+
+
+def _get(cfg: Config, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
 
