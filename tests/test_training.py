@@ -440,6 +440,9 @@ def test_an_epoch_end_is_saved_before_its_evaluation_and_evaluated_on_the_next_s
     ({"model__rnn_type": "rnn"}, "model.rnn_type must be gru or lstm, not 'rnn'"),
     ({"train__scheduler": "cosine"}, "unknown train.scheduler 'cosine'; use one of warmup_exponential, "
                                      "warmup_halflife, constant"),
+    ({"features__feature_method": "linear"}, "holds fbank statistics but features.feature_method is linear"),
+    ({"features__sample_rate": 8000}, "holds statistics of 16000 Hz audio but features.sample_rate is 8000; "
+                                      "rerun create_data.py with --sample_rate=8000, or pass --sample_rate=16000"),
 ])
 def test_what_would_fail_after_an_epoch_fails_before_the_first_step(setting, message, spoken_corpus, tmp_path,
                                                                    monkeypatch):

@@ -100,6 +100,11 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
         raise TrainingError(f"{cfg.data.mean_std_path} holds {normalizer['feature_method']} statistics but "
                             f"features.feature_method is {cfg.features.feature_method}; rerun create_data.py "
                             f"with --feature_method={cfg.features.feature_method}")
+    if normalizer["sample_rate"] != cfg.features.sample_rate:  # fbank's dimension does not show it
+        raise TrainingError(f"{cfg.data.mean_std_path} holds statistics of {normalizer['sample_rate']} Hz audio but "
+                            f"features.sample_rate is {cfg.features.sample_rate}; rerun create_data.py with "
+                            f"--sample_rate={cfg.features.sample_rate}, or pass --sample_rate="
+                            f"{normalizer['sample_rate']}")
     dim = feature_dim(cfg.features.feature_method, cfg.features.sample_rate, cfg.features.n_mels)
     if len(normalizer["mean"]) != dim:
         raise TrainingError(f"{cfg.data.mean_std_path} has {len(normalizer['mean'])}-dim statistics but the "
