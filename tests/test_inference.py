@@ -651,6 +651,16 @@ def test_tune_writes_heatmap_and_prints_best_alpha(trained, tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(str(heatmap)).shape[0] > 100
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    proc = run_script("tools/tune.py", "--resume_model", trained["model"], "--test_manifest", trained["manifest"],
+                      "--lang_model_path", tmp_path / "lm" / "tiny.arpa", "--alphas", "[0]", "--betas", "[0]",
+                      "--beam_size", "8", "--num_proc_bsearch", "1", "--heatmap_path", blocked / "heat.png",
+                      cwd=tmp_path)
+    no_traceback(proc)  # the grid's result is printed all the same
+    assert proc.returncode == 0 and re.match(rf"^best alpha=0 beta=0 cer=\S+ on 4 utterances .*; no heat map "
+                                             rf"\({re.escape(str(blocked / 'heat.png'))}: ",
+                                             proc.stdout.strip().splitlines()[-1])
 
 
 def test_tune_on_an_empty_manifest_is_an_error(trained, tmp_path):

@@ -16,6 +16,7 @@ from utils.config import ConfigError  # noqa: E402
 
 def tune(cfg, folder: Path) -> str:
     import numpy as np
+    from tqdm import tqdm
 
     from utils.data import SpeechDataset
     from utils.decoders import check_beam_params, load_scorer
@@ -41,7 +42,8 @@ def tune(cfg, folder: Path) -> str:
                          runner.vocabulary.tokens)
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     forward, probs = runner_forward(runner), {}
-    for feats, feat_lens, labels, label_lens, indices in make_eval_loader(dataset, cfg.train.batch_size):
+    for feats, feat_lens, labels, label_lens, indices in tqdm(make_eval_loader(dataset, cfg.train.batch_size),
+                                                              desc="acoustic model", unit="batch"):
         log_probs, out_lens, _ = forward(feats, feat_lens, labels, label_lens)
         for row, index in enumerate(np.asarray(indices)):
             probs[int(index)] = np.exp(log_probs[row, :out_lens[row]])
@@ -50,9 +52,15 @@ def tune(cfg, folder: Path) -> str:
         cfg.decode.lang_model_path, cfg.tune.alphas, cfg.tune.betas, cfg.decode.beam_size,
         cfg.decode.cutoff_prob, cfg.decode.cutoff_top_n, cfg.decode.num_proc_bsearch, cfg.train.metrics_type, scorer)
     heatmap = Path(cfg.tune.heatmap_path or folder.parent / f"tune_{folder.name}.png")
-    save_heatmap(grid, cfg.tune.alphas, cfg.tune.betas, str(heatmap), cfg.train.metrics_type)
-    return (f"best alpha={alpha:g} beta={beta:g} {cfg.train.metrics_type}={error:.6f} on {len(utterances)} "
-            f"utterances of {cfg.data.test_manifest}; heat map {heatmap}; use --alpha={alpha:g} --beta={beta:g}")
+    result = (f"best alpha={alpha:g} beta={beta:g} {cfg.train.metrics_type}={error:.6f} on {len(utterances)} "
+              f"utterances of {cfg.data.test_manifest}")
+    try:
+        heatmap.parent.mkdir(parents=True, exist_ok=True)
+        save_heatmap(grid, cfg.tune.alphas, cfg.tune.betas, str(heatmap), cfg.train.metrics_type)
+    except OSError as err:  # the grid's result is not lost with the picture
+        return (f"{result}; no heat map ({heatmap}: {err.strerror}; pass --heatmap_path elsewhere); use "
+                f"--alpha={alpha:g} --beta={beta:g}")
+    return f"{result}; heat map {heatmap}; use --alpha={alpha:g} --beta={beta:g}"
 
 
 def main() -> int:

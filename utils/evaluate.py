@@ -57,6 +57,9 @@ class EvalLoader:
         keys = sorted_batches(self.dataset.utterances, self.batch_size)
         return batch_workers.thread_batches(functools.partial(make_batch, self.dataset), keys)
 
+    def __len__(self) -> int:  # batches: the progress bars' total
+        return -(-len(self.dataset.utterances) // self.batch_size)
+
 
 def make_eval_loader(dataset: SpeechDataset, batch_size: int) -> EvalLoader:
     return EvalLoader(dataset, batch_size)
