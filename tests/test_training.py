@@ -782,7 +782,10 @@ def test_a_truncated_weights_file_is_a_checkpoint_error(spoken_corpus, tmp_path)
 
 def test_resuming_with_another_model_size_names_the_keys(spoken_corpus, tmp_path):
     cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=2)
-    training.train(cfg)
+    assert training.train(cfg).startswith("trained 2 steps (to step 2) in ")
+    assert training.train(cfg) == (f"nothing to train: {model_folder(cfg).parent} is at epoch 0 of num_epoch 3, "
+                                   f"step 2 (max_steps 2); raise them to train on, or pass another --use_model "
+                                   f"to start fresh")
     bigger = resume_config(spoken_corpus, tmp_path, model__rnn_size=cfg.model.rnn_size * 2)
     with pytest.raises(training.TrainingError, match=rf"was trained with model.rnn_size={cfg.model.rnn_size} "
                                                      rf"\(now {cfg.model.rnn_size * 2}\).*--pretrained_model"):

@@ -439,7 +439,7 @@ def train(cfg: Config) -> str:
 
 
 def _loop(run: _Run) -> str:
-    t, start = run.cfg.train, time.perf_counter()
+    t, start, first_step = run.cfg.train, time.perf_counter(), run.state.step
     previous = {signum: signal.signal(signum, run.interrupts.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     run.model.train()
     placement.apply(run.placement)
@@ -482,7 +482,12 @@ def _loop(run: _Run) -> str:
     best = run.state.best_metric
     if run.rank != 0:
         return ""  # rank 0 reports for all
-    return (f"trained {run.state.step} steps in {format_duration(time.perf_counter() - start)}; "
+    steps = run.state.step - first_step
+    if steps == 0:
+        return (f"nothing to train: {run.model_root} is at epoch {run.state.epoch} of num_epoch {t.num_epoch}, step "
+                f"{run.state.step} (max_steps {t.max_steps or 'off'}); raise them to train on, or pass another "
+                f"--use_model to start fresh")
+    return (f"trained {steps} steps (to step {run.state.step}) in {format_duration(time.perf_counter() - start)}; "
             f"best {t.metrics_type}={best if best is None else round(best, 4)} at epoch {run.state.best_epoch + 1}; "
             f"models in {run.model_root}")
 
