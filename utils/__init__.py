@@ -54,5 +54,57 @@ _os.environ.setdefault("FLAGS_use_stride_kernel", "0")
 
 import warnings as _warnings
 
-# Paddle warns at import about ccache, a compiler cache for building C++ extensions we never build.
+# Paddle warns about ccache, a compiler cache for C++ extensions, which our kernels (built once) do not
+# need; utils/cpu_kernels.py filters it again where Paddle has reset the filters.
 _warnings.filterwarnings("ignore", message="No ccache found")
+
+import importlib.abc as _importlib_abc  # noqa: E402
+import importlib.util as _importlib_util  # noqa: E402
+import sys as _sys  # noqa: E402
+
+# Paddle's import prints "WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE OMP_NUM_THREADS WISELY"
+# whenever the variable is above 1, which is what we set on purpose (above); the two lines are dropped.
+PADDLE_THREAD_WARNINGS = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY")
+
+
+class _DroppingStderr:
+    """sys.stderr without the lines that start with one of `prefixes` (print writes the line end apart)."""
+
+    def __init__(self, stream, prefixes):
+        self.stream, self.prefixes, self.dropped_last = stream, prefixes, False
+
+    def write(self, text):
+        if text.startswith(self.prefixes) or (self.dropped_last and text == "\n"):
+            self.dropped_last = not self.dropped_last if text == "\n" else True
+            return len(text)
+        self.dropped_last = False
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class _QuietPaddleImport(_importlib_abc.MetaPathFinder):
+    """Runs the import of the `paddle` package with PADDLE_THREAD_WARNINGS dropped from sys.stderr."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "paddle":
+            return None
+        _sys.meta_path.remove(self)  # once: find the real spec without coming back here
+        spec = _importlib_util.find_spec("paddle")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            stderr, _sys.stderr = _sys.stderr, _DroppingStderr(_sys.stderr, PADDLE_THREAD_WARNINGS)
+            try:
+                real_exec(module)
+            finally:
+                _sys.stderr = stderr
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "paddle" not in _sys.modules:
+    _sys.meta_path.insert(0, _QuietPaddleImport())

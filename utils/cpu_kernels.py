@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
+import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -67,7 +69,10 @@ def load_ops():
     if shutil.which("g++") is None:
         _build_error = "our CPU kernels need g++ (apt-get install g++), or set train.cpu_kernels=paddle"
         raise KernelsUnavailable(_build_error)
-    from paddle.utils.cpp_extension import load
+    with warnings.catch_warnings():  # Paddle's import set every warning to "always", over utils/__init__.py's filter
+        warnings.filterwarnings("ignore", message="No ccache found")  # a compiler cache we do not need
+        from paddle.utils.cpp_extension import load
+    logging.getLogger("utils.cpp_extension").setLevel(logging.WARNING)  # its INFO "using custom operator only"
 
     folder = build_directory()
     libs = Path(paddle.__file__).parent / "libs"  # Paddle's MKL (cblas_sgemm) and Intel OpenMP
@@ -77,9 +82,9 @@ def load_ops():
         except OSError as error:  # a read-only checkout, a full disk
             _build_error = f"cannot build in {folder} ({error}); set train.cpu_kernels=paddle to train without them"
             raise KernelsUnavailable(_build_error) from error
-        chatter = io.StringIO()  # Paddle's builder prints its setup.py run
+        chatter, build_stderr = io.StringIO(), []  # Paddle's builder prints its setup.py run
         try:
-            with redirect_stdout(chatter):
+            with redirect_stdout(chatter), native_build.captured_stderr(build_stderr):
                 _ops = load(name=EXTENSION_NAME, sources=[str(path) for path in SOURCES],
                             extra_cxx_cflags=COMPILE_FLAGS,
                             # Paddle's own OpenMP runtime (libiomp5, which also serves GCC's
@@ -88,7 +93,7 @@ def load_ops():
                                            f"-Wl,-rpath,{libs}"],
                             build_directory=str(folder), verbose=False)
         except Exception as error:  # a compiler error, a missing header: say where and what
-            output = chatter.getvalue().strip()[-1500:]
+            output = (chatter.getvalue() + "".join(build_stderr)).strip()[-1500:]
             _build_error = (f"building {', '.join(map(str, SOURCES))} in {folder} failed "
                             f"({type(error).__name__}: {error}){': ' + output if output else ''}; "
                             f"set train.cpu_kernels=paddle to train without them")

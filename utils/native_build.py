@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import platform
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 BUILD_ROOT = Path(__file__).resolve().parents[1] / "build"
@@ -42,3 +45,22 @@ def prune_stale(root: Path, keep: Path) -> None:
     for stale in root.iterdir():
         if stale != keep and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def captured_stderr(into: list[str]):
+    """File descriptor 2 (this process's and its children's: Paddle's build runs setup.py in a Python that
+    imports Paddle and prints its warnings) goes to a temporary file; its text is appended to `into` at the
+    end, for an error message to quote."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            into.append(held.read().decode("utf-8", errors="replace"))
