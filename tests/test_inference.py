@@ -509,8 +509,10 @@ def test_infer_missing_single_file_and_empty_folder(trained, tmp_path):
     missing = run_script("infer.py", "--model_path", trained["infer"], "--wav_path", tmp_path / "nope.wav",
                          cwd=tmp_path)
     no_traceback(missing)
-    assert missing.returncode == 1
-    assert f"error: {tmp_path / 'nope.wav'}: file not found" in missing.stderr
+    assert missing.returncode == 1  # one line, before the model loads
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.wav'}: file not found; "
+                                                              f"--wav_path takes")
+    assert "transcribed" not in missing.stdout
     empty = run_script("infer.py", "--model_path", trained["infer"], "--wav_path", tmp_path / "empty_dir",
                        cwd=tmp_path)
     no_traceback(empty)
@@ -622,7 +624,9 @@ def test_list_inputs_folder_list_file_and_single_path(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{listing} lists no audio files (it is empty or holds only "
                                                    "blank and # lines); write one audio path a line")):
         list_inputs(str(listing))
-    assert list_inputs("some/file.wav") == ["some/file.wav"]
+    assert list_inputs(str(tmp_path / "in" / "b.wav")) == [str(tmp_path / "in" / "b.wav")]
+    with pytest.raises(FileNotFoundError, match="some/file.wav: file not found; --wav_path takes"):
+        list_inputs("some/file.wav")
     (tmp_path / "none").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no audio files"):
         list_inputs(str(tmp_path / "none"))

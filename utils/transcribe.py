@@ -51,6 +51,9 @@ def list_inputs(wav_path: str) -> list[str]:
             raise ValueError(f"{path} lists no audio files (it is empty or holds only blank and # lines); "
                              f"write one audio path a line")
         return paths
+    if not path.exists():  # one file: said before the model loads (a list's missing files are said one by one)
+        raise FileNotFoundError(f"{path}: file not found; --wav_path takes an audio file, a folder of audio "
+                                f"or a list file ({', '.join(sorted(LIST_SUFFIXES))})")
     return [str(path)]
 
 
