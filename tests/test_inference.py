@@ -436,7 +436,8 @@ def test_eval_stops_at_a_missing_audio_file_naming_it(trained, tmp_path):
     proc = run_script("eval.py", "--resume_model", trained["model"], "--test_manifest", manifest, cwd=tmp_path)
     no_traceback(proc)
     assert proc.returncode == 1
-    assert f"{missing}: file not found" in proc.stderr.strip().splitlines()[-1]
+    assert f"{missing}: file not found (listed in {manifest}); restore the file, or rerun create_data.py" \
+        in proc.stderr.strip().splitlines()[-1]
 
 
 def test_eval_unknown_decoder_is_a_clear_error(trained, tmp_path):

@@ -12,6 +12,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils import batch_workers, cpu_kernels
+from utils.audio import AudioError
 from utils.data import SpeechDataset, make_batch
 from utils.manifest import Utterance
 from utils.metrics import ErrorCounter
@@ -175,7 +176,11 @@ def run_eval(cfg, model_folder: Path) -> str:
     dataset = SpeechDataset(utterances, runner.vocabulary, f.feature_method, f.sample_rate, f.n_mels)
     loader = make_eval_loader(dataset, cfg.train.batch_size)
     decode_fn = make_decode_fn(cfg.decode.decoder, cfg.decode, runner.vocabulary.tokens)
-    result = evaluate(runner_forward(runner), loader, cfg.train.metrics_type, decode_fn, progress=True)
+    try:
+        result = evaluate(runner_forward(runner), loader, cfg.train.metrics_type, decode_fn, progress=True)
+    except AudioError as err:  # a file gone or damaged since create_data wrote the manifest
+        raise AudioError(f"{err} (listed in {cfg.data.test_manifest}); restore the file, or rerun create_data.py, "
+                         f"which leaves out the files that do not read") from None
     other = "wer" if result.metric == "cer" else "cer"
     other_counter = ErrorCounter(other)
     other_counter.update_batch(result.references, result.hypotheses)
