@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 from types import SimpleNamespace
 
@@ -169,6 +170,13 @@ def test_missing_lm_file_names_the_path_and_the_builder(tmp_path):
     missing = tmp_path / "nope.arpa"
     with pytest.raises(FileNotFoundError, match=f"{missing}.*python tools/build_lm.py"):
         load_scorer(str(missing), 1.0, 1.0, VOCAB)
+
+
+def test_a_folder_given_as_the_lm_names_the_files_in_it(word_lm, tmp_path):
+    with pytest.raises(ValueError, match=r"cats\.arpa\)$"):
+        load_scorer(os.path.dirname(word_lm), 1.0, 1.0, VOCAB)
+    with pytest.raises(ValueError, match=rf"{tmp_path} is a folder; pass a file in it \(it holds none\): build"):
+        load_scorer(str(tmp_path), 1.0, 1.0, VOCAB)
 
 
 def test_malformed_lm_file_is_refused_before_kenlm_sees_it(tmp_path):

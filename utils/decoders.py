@@ -182,6 +182,10 @@ def _check_lm_file(lang_model_path: str) -> None:
     """Fail with a clear message before KenLM aborts the process on a missing, bad or truncated file."""
     if not lang_model_path:
         raise ValueError(f"no language model given: {_lm_how_to()}")
+    if os.path.isdir(lang_model_path):
+        found = sorted(name for name in os.listdir(lang_model_path) if name.endswith((".arpa", ".arpa.gz", ".klm")))
+        raise ValueError(f"language model {lang_model_path} is a folder; pass a file in it"
+                         + (f" ({', '.join(found[:5])})" if found else f" (it holds none): {_lm_how_to()}"))
     if not os.path.isfile(lang_model_path):
         raise FileNotFoundError(f"language model {lang_model_path} does not exist: {_lm_how_to()}")
     with open(lang_model_path, "rb") as handle:
