@@ -128,6 +128,7 @@ def test_export_writes_a_self_describing_infer_folder(trained):
     no_traceback(export)
     assert export.returncode == 0, export.stderr[-3000:]
     assert export.stdout.strip().splitlines()[-1] == f"exported {trained['model']} to {trained['infer']}"
+    assert "export_model.py: effective configuration" in export.stdout
     files = {p.name for p in trained["infer"].iterdir()}
     assert {"model.pdiparams", "model.onnx", CONFIG_FILE, VOCAB_FILE, NORMALIZER_FILE} <= files
     assert files & {"model.json", "model.pdmodel"}, files

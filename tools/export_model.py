@@ -3,9 +3,9 @@
 
 Writes models/<use_model>/infer/ (model.onnx and Paddle's static graph, each with the normalizer
 inside, plus config, vocabulary, normalizer and source.json: the checkpoint exported and its
-weights' size, mtime and sha256); infer.py and eval.py use it when it is there (ONNX Runtime
-unless --runtime=paddle) and its checkpoint has not changed since, else that checkpoint, with a
-warning that says to export again. use_model and
+weights' size, mtime and sha256). infer.py and eval.py without a model use it (ONNX Runtime
+unless --runtime=paddle) when it was exported from best_model and that has not changed since;
+else best_model, with a note or a warning that says how to export again. use_model and
 save_model_path come from the exported folder's own config unless given here.
 """
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.config import ConfigError, parse_args  # noqa: E402
+from utils.config import ConfigError, parse_args, print_config  # noqa: E402
 
 
 def source_folder(cfg) -> Path:
@@ -32,6 +32,7 @@ def main() -> int:
 
     try:
         cfg = parse_args(__doc__, default_config=None, base_config=base_config)
+        print_config(cfg, "export_model.py")
         from utils.inference import export_model
 
         source = chosen[-1]
