@@ -31,6 +31,13 @@ def numpy_fbank(samples: np.ndarray, n_mels: int = 80, sample_rate: int = 16000)
     return np.log(power @ _mel_matrix(sample_rate, 512, n_mels).T + LOG_FLOOR)
 
 
+def test_loading_the_library_leaves_denormals_alone():
+    """Linked with -ffast-math, the library's load set flush-to-zero for the whole process (Paddle too)."""
+    feature_kernels.load()
+    tiny = np.array([1e-40], np.float32)
+    assert (tiny * np.float32(1.0))[0] != 0.0 and (np.array([1e-310]) * 1.0)[0] != 0.0
+
+
 @pytest.mark.parametrize("count", [400, 401, 559, 560, 1000, 16000 + 13, 48000])
 def test_fbank_equals_numpy_path(count):
     samples = speech_like(3.0)[:count]

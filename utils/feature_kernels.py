@@ -37,7 +37,10 @@ from utils import native_build
 SOURCE = Path(__file__).with_name("csrc") / "features.cc"
 BUILD_ROOT = native_build.BUILD_ROOT / "feature_kernels"
 LIBRARY_NAME = "libds2_features.so"
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC"]
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC"]
+# Linked without -ffast-math: with it g++ adds crtfastmath.o, whose load-time code sets flush-to-zero
+# and denormals-are-zero for the loading thread and every thread it starts later, Paddle's included.
+LINK_FLAGS = ["-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 300
 
 _library = None       # the loaded ctypes library
@@ -81,7 +84,7 @@ def status() -> str:
 
 
 def _library_path() -> Path:
-    return native_build.keyed_folder(BUILD_ROOT, [SOURCE], COMPILE_FLAGS) / LIBRARY_NAME
+    return native_build.keyed_folder(BUILD_ROOT, [SOURCE], COMPILE_FLAGS + LINK_FLAGS) / LIBRARY_NAME
 
 
 def _build() -> Path:
@@ -102,11 +105,16 @@ def _build() -> Path:
 
 def _compile(path: Path) -> None:
     partial = path.with_name(f"{LIBRARY_NAME}.{os.getpid()}.tmp")
-    result = subprocess.run(["g++", *COMPILE_FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
-                            text=True, timeout=BUILD_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"building {SOURCE} in {path.parent} failed: {result.stderr.strip()[-1500:]}")
+    objects = path.with_name(f"features.{os.getpid()}.o")
+    try:
+        for command in (["g++", *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+                        ["g++", *LINK_FLAGS, str(objects), "-o", str(partial)]):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            if result.returncode != 0:
+                partial.unlink(missing_ok=True)
+                raise RuntimeError(f"building {SOURCE} in {path.parent} failed: {result.stderr.strip()[-1500:]}")
+    finally:
+        objects.unlink(missing_ok=True)
     partial.replace(path)  # whole or absent: a killed build leaves no half library
 
 
