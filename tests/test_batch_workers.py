@@ -146,6 +146,20 @@ def test_a_killed_worker_is_reported_not_waited_for():
         next(batches)
 
 
+def test_a_worker_dead_before_its_next_task_is_reported_too():
+    """Dead by the time its next task is sent (the keys came slowly): a broken pipe was raised bare, and the
+    batch it had made was lost with it."""
+    def slow_keys():
+        yield [1]
+        yield [-9]  # the worker dies making this one
+        time.sleep(1.0)  # the next keys come late: the worker is gone by then
+        yield [2]
+    batches = worker_batches(make_batch, slow_keys(), 1, mmap.PAGESIZE)
+    assert next(batches) is not None  # the batch made before the death is handed over
+    with pytest.raises(LoaderWorkerError, match=r"died \(signal SIGKILL\) making the batch of dataset keys \[-9\]"):
+        next(batches)
+
+
 def test_close_stops_the_workers():
     batches = worker_batches(make_batch, iter(BATCH_KEYS * 100), 2, mmap.PAGESIZE)
     next(batches)

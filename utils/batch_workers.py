@@ -154,8 +154,11 @@ class _Worker:
         self.poller.register(process.sentinel, select.POLLIN)
 
     def send(self, slot: int, keys: list[int]) -> None:
-        self.tasks.send((slot, keys))
         self.pending.append((slot, keys))
+        try:
+            self.tasks.send((slot, keys))
+        except OSError:  # died since its last batch (a broken pipe): receive() says so, naming the batch
+            pass
 
     def receive(self) -> tuple:
         """The oldest pending batch's message; LoaderWorkerError if the worker failed on it or died."""
