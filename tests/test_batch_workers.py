@@ -195,6 +195,40 @@ def test_workers_die_with_a_killed_trainer():
     assert not _alive(worker)
 
 
+PADDLE_LOADER_TRAINER = textwrap.dedent("""
+    import multiprocessing, os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    import utils
+    import numpy as np
+    import paddle
+    from utils.data import collate, loader_options
+    class Rows(paddle.io.Dataset):
+        def __len__(self): return 1000
+        def __getitem__(self, i): return np.full((50, 80), i, np.float32), np.arange(3, dtype=np.int32), i
+    loader = paddle.io.DataLoader(Rows(), batch_sampler=[[i, i + 1] for i in range(0, 1000, 2)],
+                                  collate_fn=collate, return_list=True, **loader_options(1, niced=False))
+    batches = iter(loader)
+    for _ in range(5):
+        next(batches)
+    print(*[child.pid for child in multiprocessing.active_children()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_paddles_loader_workers_end_with_a_killed_trainer_and_free_their_shared_memory():
+    """With data.loader=paddle a SIGKILLed trainer left its worker running, holding /dev/shm segments."""
+    done = subprocess.run([sys.executable, "-c", PADDLE_LOADER_TRAINER, str(ROOT)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    workers = [int(pid) for pid in done.stdout.split()]
+    assert workers
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert not [name for name in os.listdir("/dev/shm") if any(f"_{pid}_" in name for pid in workers)]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:

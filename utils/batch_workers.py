@@ -287,7 +287,7 @@ def _worker_main(make_batch: Callable, tasks: Connection, results: Connection, s
     """A worker's loop: (slot, keys) in, ("batch", layout, spilled arrays) (see _pack) or ("error",
     traceback) out, until the stop message or the trainer's end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer stops us
-    _die_with(trainer_pid)
+    die_with(trainer_pid)
     for end in inherited:  # the trainer's ends: a worker holding them would not see the trainer go
         end.close()
     if niced:
@@ -313,10 +313,11 @@ def _worker_main(make_batch: Callable, tasks: Connection, results: Connection, s
             return
 
 
-def _die_with(trainer_pid: int) -> None:
-    """SIGKILL for this process when the trainer dies (Linux), so no orphan keeps computing."""
+def die_with(trainer_pid: int, signum: int = signal.SIGKILL) -> None:
+    """`signum` for this process when the trainer dies (Linux), so no orphan keeps computing (SIGTERM
+    where the process has shared memory to release on the way out: Paddle's DataLoader workers)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the loop instead
         return
     if os.getppid() != trainer_pid:  # it died before prctl took effect

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import signal
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -259,12 +261,23 @@ def loader_options(num_workers: int, niced: bool = True, worker_cores: list[int]
     on worker_cores at idle priority (utils/placement.py), or at normal priority (niced False)."""
     if num_workers <= 0:
         return {"num_workers": 0, "use_shared_memory": False}
-    init = functools.partial(_enter_worker, worker_cores) if niced else None
+    init = functools.partial(_enter_worker, worker_cores, niced, os.getpid())
     return {"num_workers": num_workers, "use_shared_memory": True, "worker_init_fn": init}
 
 
-def _enter_worker(worker_cores: list[int] | None, worker_id: int) -> None:
-    placement.enter_worker(worker_cores)
+def _enter_worker(worker_cores: list[int] | None, niced: bool, trainer_pid: int, worker_id: int) -> None:
+    # SIGTERM when the trainer dies: Paddle's worker then releases its /dev/shm segments (a SIGKILLed
+    # trainer left the worker running, reparented, holding them)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    batch_workers.die_with(trainer_pid, signal.SIGTERM)
+    if niced:
+        placement.enter_worker(worker_cores)
+
+
+def _exit_cleanly(signum, frame) -> None:
+    """SIGTERM in a Paddle worker: SystemExit runs its loop's `finally` and atexit, which release its
+    shared memory (the default action ends the process with them left in /dev/shm)."""
+    raise SystemExit(0)
 
 
 def make_loader(dataset: SpeechDataset, sampler: paddle.io.Sampler, num_workers: int,
