@@ -100,6 +100,12 @@ def test_mean_std_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded["mean"], mean)
     with pytest.raises(FileNotFoundError, match="run python create_data.py"):
         load_mean_std(tmp_path / "missing.npz")
+    np.savez(tmp_path / "masr.npz", mean=mean, std=std)  # MASR's: mean and std only
+    with pytest.raises(ValueError, match=r"masr.npz lacks feature_method .*run python create_data.py"):
+        load_mean_std(tmp_path / "masr.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "mean_std.npz").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut.npz cannot be read .*run python create_data.py"):
+        load_mean_std(tmp_path / "cut.npz")
 
 
 @pytest.mark.parametrize("method", ["linear", "fbank"])

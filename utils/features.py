@@ -9,6 +9,7 @@ Frames: num_frames = 1 + (num_samples - window) // stride (0 when shorter than a
 from __future__ import annotations
 
 import functools
+import zipfile
 
 import numpy as np
 import scipy.fft
@@ -233,3 +234,9 @@ def load_mean_std(path) -> dict:
                     "sample_rate": int(data["sample_rate"]), "n_mels": int(data["n_mels"])}
     except FileNotFoundError:
         raise FileNotFoundError(f"normalizer {path} does not exist; run python create_data.py first") from None
+    except KeyError as err:  # MASR's and older files hold mean and std only
+        raise ValueError(f"normalizer {path} lacks {err.args[0].split()[0]} (written by another tool or an older "
+                         f"version); run python create_data.py to write it again") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not an npz, or cut short
+        raise ValueError(f"normalizer {path} cannot be read ({err}); run python create_data.py to write it "
+                         f"again") from None
