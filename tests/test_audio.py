@@ -97,6 +97,23 @@ def test_pcm16_wav_cut_inside_its_format_chunk_is_an_audio_error(tmp_path, monke
         load_audio(path)
 
 
+def test_pcm16_wav_whose_header_says_0_hz_is_an_audio_error_naming_it(tmp_path, monkeypatch):
+    """Both PCM readers took it, and soxr then raised a bare 'Sample rate should be over 0'."""
+    import struct
+
+    path = tmp_path / "rate0.wav"
+    soundfile.write(str(path), noise(1600, 1), 16000, subtype="PCM_16")
+    header = bytearray(path.read_bytes())
+    header[24:28] = struct.pack("<I", 0)  # the fmt chunk's sample rate
+    path.write_bytes(bytes(header))
+    assert read_pcm16_wav(path) is None
+    with pytest.raises(AudioError, match="rate0.wav: not readable audio"):
+        load_audio(path)
+    monkeypatch.setattr(feature_kernels, "load", lambda: None)  # no library: the Python parser
+    with pytest.raises(AudioError, match="rate0.wav: not readable audio"):
+        load_audio(path)
+
+
 def test_pcm16_wav_without_frames_is_zero_duration(tmp_path):
     path = tmp_path / "empty.wav"
     soundfile.write(str(path), np.zeros((0, 1), np.float32), 16000, subtype="PCM_16")

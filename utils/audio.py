@@ -65,7 +65,7 @@ def read_pcm16_wav(path: str | Path) -> tuple[np.ndarray, int] | None:
             if layout is None or size == 0:  # soundfile says what is wrong
                 return None
             tag, channels, rate, _, _, bits = layout
-            if tag != WAVE_FORMAT_PCM or bits != 16 or channels < 1:
+            if tag != WAVE_FORMAT_PCM or bits != 16 or channels < 1 or rate < 1:  # soundfile says what is wrong
                 return None
             frames = (min(len(data), body + size) - body) // (2 * channels)  # a cut last frame is left out, as soundfile does
             pcm = np.frombuffer(data, dtype="<i2", count=frames * channels, offset=body).reshape(frames, channels)
@@ -75,10 +75,10 @@ def read_pcm16_wav(path: str | Path) -> tuple[np.ndarray, int] | None:
 
 
 def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
-    """samples [N] float32 in [-1, 1], mono, at `sample_rate`."""
+    """samples [N] float32, mono, at `sample_rate`: in [-1, 1) from integer PCM, as stored from float files."""
     if feature_kernels.load() is not None:  # the same values as read_pcm16_wav: 19 us a 3.5 s clip against 28
         mono = feature_kernels.read_pcm16_wav(path)
-        if mono is not None:
+        if mono is not None and mono[1] >= 1:  # a header rate of 0: soundfile refuses the file, naming it
             samples, file_rate = mono
             return samples if file_rate == sample_rate else resample(samples, file_rate, sample_rate)
         pcm16 = None  # refused, as read_pcm16_wav would refuse it (tests pin that): soundfile reads it once
