@@ -293,7 +293,9 @@ def test_misspelt_param_is_a_clear_error_at_load_time(tmp_path):
      r"rates \[8000, 16000\] must all be below the sample rate 16000"),
     ({"type": "speed", "prob": 2}, r"prob must be a number in \[0, 1\], got 2"),
     ({"type": "speed", "probability": 0.5}, r"expected an object with the keys"),
-    ({"type": "specaugment", "params": {"freq_masks": "two"}}, r"freq_masks must be a number"),
+    ({"type": "specaugment", "params": {"freq_masks": "two"}}, r"freq_masks must be a finite number"),
+    ({"type": "specaugment", "params": {"max_time_ratio": float("nan")}}, r"max_time_ratio must be a finite number"),
+    ({"type": "specsub", "params": {"num_subs": 2.5}}, r"parameter num_subs is a count, a whole number, got 2.5"),
     ("speed", r"expected an object with the keys"),
 ])
 def test_out_of_range_entries_are_refused_naming_the_entry(tmp_path, entry, message):
@@ -302,6 +304,14 @@ def test_out_of_range_entries_are_refused_naming_the_entry(tmp_path, entry, mess
     path = write_conf(tmp_path, [{"type": "volume", "params": {"min_gain_db": -10}}, entry])
     with pytest.raises(ValueError, match=r"entry 1.*" + message):
         load_augmentation(path)
+
+
+def test_a_whole_count_written_as_a_float_is_taken_as_an_int(tmp_path):
+    """JSON's 2.0 for freq_masks loaded, then failed in the loader worker (rng.random(8.0))."""
+    augmentation = load_augmentation(write_conf(tmp_path, [{"type": "specaugment", "params": {"freq_masks": 2.0}},
+                                                           {"type": "specsub", "params": {"num_subs": 3.0}}]))
+    assert [params for _, params, _ in augmentation.feature] == [{"freq_masks": 2}, {"num_subs": 3}]
+    assert all(type(v) is int for _, params, _ in augmentation.feature for v in params.values())
 
 
 def test_missing_and_broken_files_are_clear_errors(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -397,8 +398,9 @@ def _entry_fields(path, number: int, entry) -> tuple[str, dict, float]:
         raise ValueError(f"{where} ('{kind}'): prob must be a number in [0, 1], got {prob!r}")
     for name, value in params.items():
         values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-            raise ValueError(f"{where} ('{kind}'): parameter {name} must be a number or a list of numbers, got {value!r}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            raise ValueError(f"{where} ('{kind}'): parameter {name} must be a finite number or a list of them, "
+                             f"got {value!r}")
         if name.endswith("_db"):  # gains and SNRs in dB may be negative
             continue
         positive = name.endswith("rate") or name == "rates"
@@ -412,13 +414,22 @@ def _entry_fields(path, number: int, entry) -> tuple[str, dict, float]:
 
 
 def _check_params(path, number: int, kind: str, function: Callable, params: dict) -> None:
-    """A misspelt parameter fails here, naming the entry, not later inside a loader worker."""
+    """A misspelt parameter, or a count that is not a whole number, fails here, naming the entry, not later
+    inside a loader worker; a whole number written 2.0 becomes 2."""
+    signature = inspect.signature(function)
     try:
-        inspect.signature(function).bind(None, None, **params)
+        signature.bind(None, None, **params)
     except TypeError as err:
-        accepted = list(inspect.signature(function).parameters)[2:]  # after (samples or feats, rng)
+        accepted = list(signature.parameters)[2:]  # after (samples or feats, rng)
         raise ValueError(f"{path}: entry {number} ('{kind}') has bad params ({err}); "
                          f"accepted params: {accepted}") from None
+    for name, value in params.items():
+        if signature.parameters[name].annotation not in (int, "int"):
+            continue
+        if not float(value).is_integer():
+            raise ValueError(f"{path}: entry {number} ('{kind}'): parameter {name} is a count, a whole number, "
+                             f"got {value!r}")
+        params[name] = int(value)
 
 
 def _load_noise(noise_paths: list[str], sample_rate: int) -> list[np.ndarray]:
