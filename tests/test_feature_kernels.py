@@ -369,6 +369,15 @@ def test_disable_switches_to_numpy_and_back(fresh_library_state):
     assert feature_kernels.status().startswith("features: our C++ front end")
 
 
+def test_the_log_says_numpy_computes_linear_features_whose_fft_is_not_a_power_of_two():
+    from utils.features import path_note
+
+    assert path_note("fbank", 16000, 80).startswith("features: our C++ front end")
+    assert path_note("linear", 16000, 80) == ("features: numpy (linear at 16000 Hz takes a 320-point FFT, and our "
+                                              "C++ front end only powers of two); WAV reading and speed "
+                                              "perturbation in C++")
+
+
 def test_an_unwritable_build_folder_leaves_numpy_computing(fresh_library_state, monkeypatch, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")  # mkdir under a file fails, even for root

@@ -193,6 +193,16 @@ def front_end(feature_method: str, sample_rate: int = 16000, n_mels: int = 80,
     return settings
 
 
+def path_note(feature_method: str, sample_rate: int, n_mels: int) -> str:
+    """A log line naming where these features are computed: feature_kernels.status(), or numpy where the
+    library is there but the C++ front end does not take this FFT size (linear: 320 points at 16 kHz)."""
+    if feature_kernels.load() is not None and front_end(feature_method, sample_rate, n_mels) is None:
+        n_fft = fft_size(feature_method, window_and_stride(feature_method, sample_rate)[0])
+        return (f"features: numpy ({feature_method} at {sample_rate} Hz takes a {n_fft}-point FFT, and our C++ "
+                f"front end only powers of two); WAV reading and speed perturbation in C++")
+    return feature_kernels.status()
+
+
 class FeatureStats:
     """Running sum and sum of squares per feature dimension, mergeable across workers."""
 

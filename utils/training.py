@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from utils import allocator, cpu_kernels, feature_kernels, local_processes, placement
+from utils import allocator, cpu_kernels, local_processes, placement
 from utils.augment import load_augmentation
 from utils.audio import AudioError
 from utils.batch_workers import LoaderWorkerError
@@ -26,7 +26,7 @@ from utils.checkpoint import (OPTIMIZER_FILE, FolderLock, TrainState, copy_check
 from utils.config import Config, print_config, save_config
 from utils.data import BatchSampler, SpeechDataset, padding_waste, run_batches
 from utils.evaluate import ctc_loss_per_utterance, evaluate, make_decode_fn, make_eval_loader, model_forward
-from utils.features import feature_dim, load_mean_std
+from utils.features import feature_dim, load_mean_std, path_note
 from utils.interrupts import Interrupted, Interrupts
 from utils.manifest import read_manifest, read_manifest_table
 from utils.metrics import METRICS
@@ -121,7 +121,7 @@ def _setup(cfg: Config, rank: int, world_size: int, model_root: Path) -> _Run:
     train_set, test_set, sampler = _datasets(cfg, vocabulary, rank, world_size)
     log = RunLog(model_root / "train.log", Path(t.log_dir) / t.use_model, enabled=rank == 0)
     log.info(kernel_note)
-    log.info(feature_kernels.status())
+    log.info(path_note(cfg.features.feature_method, cfg.features.sample_rate, cfg.features.n_mels))
     log.info(run_placement.note)
     log.info(malloc_note)
     return _Run(cfg=cfg, rank=rank, world_size=world_size, model_root=model_root, vocabulary=vocabulary,
