@@ -780,6 +780,21 @@ def test_a_truncated_weights_file_is_a_checkpoint_error(spoken_corpus, tmp_path)
         training.train(resume_config(spoken_corpus, tmp_path))
 
 
+def test_resuming_mid_epoch_on_another_number_of_processes_says_what_it_costs(spoken_corpus, tmp_path):
+    """batch_in_epoch counts batches of batch_size x world_size: resumed on another count, the rest of the
+    epoch is cut otherwise (multi-GPU cannot run here: the saved count is set by hand)."""
+    cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=1)
+    training.train(cfg)
+    state_file = model_folder(cfg) / "state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    assert (state["world_size"], state["batch_in_epoch"]) == (1, 1)
+    state_file.write_text(json.dumps(dict(state, world_size=2)), encoding="utf-8")
+    training.train(resume_config(spoken_corpus, tmp_path, train__max_steps=2))
+    log = (model_folder(cfg).parent / "train.log").read_text(encoding="utf-8")
+    assert f"note: {model_folder(cfg)} stopped mid-epoch with 2 training process(es), now 1: the rest of that " \
+           f"epoch is cut into other batches" in log
+
+
 def test_resuming_with_another_model_size_names_the_keys(spoken_corpus, tmp_path):
     cfg = resume_config(spoken_corpus, tmp_path, train__max_steps=2)
     assert training.train(cfg).startswith("trained 2 steps (to step 2) in ")

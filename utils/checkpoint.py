@@ -43,6 +43,7 @@ class TrainState:
     scaler: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # per epoch: {"epoch", "step", "test_loss", "test_<metric>"}
     lineage: list = field(default_factory=list)  # [run id, step it started at] of each run that trained it
+    world_size: int = 0  # training processes batch_in_epoch counts the batches of (0: not recorded)
     format_version: int = FORMAT_VERSION
 
 

@@ -146,6 +146,10 @@ def _start_from(run: _Run) -> None:
         for note in notes:
             run.log.info(note)
         run.state = restore(folder, run.model, run.optimizer, run.scaler)
+        if run.state.batch_in_epoch > 0 and run.state.world_size not in (0, run.world_size):
+            run.log.info(f"note: {folder} stopped mid-epoch with {run.state.world_size} training process(es), now "
+                         f"{run.world_size}: the rest of that epoch is cut into other batches, so some of its "
+                         f"utterances are seen twice and others not at all")
         if not (folder / OPTIMIZER_FILE).is_file():
             run.log.info(f"note: {folder} has no {OPTIMIZER_FILE} (an exported or copied model folder): the "
                          f"optimizer starts anew from its weights, its moments at zero")
@@ -169,6 +173,7 @@ def _start_from(run: _Run) -> None:
 
 def _save(run: _Run, name: str) -> Path:
     run.state.scaler = scaler_state(run.scaler)  # AMP's loss scale goes on where it was
+    run.state.world_size = run.world_size
     return save_checkpoint(run.model_root / name, run.model, run.optimizer, run.state, run.cfg, run.vocabulary,
                            run.cfg.data.mean_std_path)
 
