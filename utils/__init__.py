@@ -97,7 +97,9 @@ class _QuietPaddleImport(_importlib_abc.MetaPathFinder):
         real_exec = spec.loader.exec_module
 
         def exec_module(module):
-            stderr, _sys.stderr = _sys.stderr, _DroppingStderr(_sys.stderr, PADDLE_THREAD_WARNINGS)
+            stderr = _sys.stderr
+            if stderr is not None:  # None under pythonw and some daemons: nothing to filter
+                _sys.stderr = _DroppingStderr(stderr, PADDLE_THREAD_WARNINGS)
             try:
                 real_exec(module)
             finally:
