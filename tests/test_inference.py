@@ -463,6 +463,11 @@ def test_eval_takes_model_path_too_and_keeps_the_models_own_keys(trained, tmp_pa
     assert proc.stdout.strip().splitlines()[-1].endswith(f"model={epoch}")
     assert f"note: model.rnn_size=999 ignored: {epoch} was trained with 32 ({epoch / 'config.yml'})" in proc.stderr
     assert "rnn_size: 999" not in proc.stdout
+    export = run_script("tools/export_model.py", "--model_path", epoch, "--save_model_path", tmp_path / "models",
+                        cwd=tmp_path)
+    no_traceback(export)
+    assert export.stdout.strip().splitlines()[-1] == (f"exported {epoch} to "
+                                                      f"{tmp_path / 'models' / trained['root'].name / 'infer'}")
     both = run_script("infer.py", "--model_path", epoch, "--resume_model", trained["model"], "--wav_path",
                       trained["corpus"] / "audio" / "test_0.wav", cwd=tmp_path)
     no_traceback(both)

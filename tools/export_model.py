@@ -13,29 +13,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.config import ConfigError, parse_args, print_config  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 
 
-def source_folder(cfg) -> Path:
-    root = Path(cfg.train.save_model_path) / cfg.train.use_model
-    return Path(cfg.train.resume_model) if cfg.train.resume_model else root / "best_model"
+def best_model(cfg) -> Path:
+    return Path(cfg.train.save_model_path) / cfg.train.use_model / "best_model"
 
 
 def main() -> int:
-    from utils.inference import folder_config
-
-    chosen = []  # picked once, before the folder's saved config (whose resume_model is training's) applies
-
-    def base_config(c):
-        chosen.append(source_folder(c))
-        return folder_config(chosen[-1])
-
     try:
-        cfg = parse_args(__doc__, default_config=None, base_config=base_config)
-        print_config(cfg, "export_model.py")
-        from utils.inference import export_model
+        from utils.inference import export_model, parse_model_args
 
-        source = chosen[-1]
+        # --resume_model or --model_path names the folder (best_model without either); its config decides
+        cfg, source = parse_model_args(__doc__, "export_model.py", "train.resume_model", default_folder=best_model)
         out = export_model(source, Path(cfg.train.save_model_path) / cfg.train.use_model / "infer")
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

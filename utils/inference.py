@@ -338,13 +338,14 @@ MODEL_FOLDER_KEYS = ("train.resume_model", "infer.model_path")  # either names t
 FIXED_BY_THE_MODEL = ("model", "features")  # config sections the model folder's config.yml decides
 
 
-def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Config, Path]:
+def parse_model_args(description: str, script: str, folder_key: str, default_folder=None) -> tuple[Config, Path]:
     """Config and model folder for a script that uses a trained model (eval, infer, tune).
 
     The folder is the value of `folder_key` ("train.resume_model" or "infer.model_path"; the other one
     is taken too, as every script accepts every key) or default_model_folder. It is picked once, before
     the config saved in it applies (that config's resume_model is the training's, not ours); the
     command line then applies on top, except the model and feature keys, which are the folder's.
+    default_folder(cfg) replaces default_model_folder (tools/export_model.py: best_model).
     """
     from utils.config import ConfigError, parse_args, print_config
 
@@ -358,7 +359,10 @@ def parse_model_args(description: str, script: str, folder_key: str) -> tuple[Co
                               + f" name different models; give one (for {script}: --{folder_key.split('.')[1]})")
         explicit = given.get(folder_key) or next(iter(given.values()), None)
         flag = "--" + folder_key.split(".")[1]
-        chosen.append(Path(explicit) if explicit else default_model_folder(cfg, messages, flag))
+        if explicit:
+            chosen.append(Path(explicit))
+        else:
+            chosen.append(default_folder(cfg) if default_folder else default_model_folder(cfg, messages, flag))
         if explicit and is_exported(explicit):
             messages.extend(_stale_export_warning(Path(explicit), flag))
         return folder_config(chosen[-1])
