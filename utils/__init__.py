@@ -84,22 +84,39 @@ class _DroppingStderr:
         return getattr(self.stream, name)
 
 
+class _Discard:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
 class _QuietPaddleImport(_importlib_abc.MetaPathFinder):
-    """Runs the import of the `paddle` package with PADDLE_THREAD_WARNINGS dropped from sys.stderr."""
+    """Runs the import of the `paddle` package with PADDLE_THREAD_WARNINGS dropped from sys.stderr.
+    It stays in sys.meta_path until that import runs (a find_spec("paddle") that only asks whether
+    Paddle is installed does not use it up)."""
+
+    looking = False  # inside our own find_spec("paddle"): let the other finders answer
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "paddle":
+        if fullname != "paddle" or self.looking:
             return None
-        _sys.meta_path.remove(self)  # once: find the real spec without coming back here
-        spec = _importlib_util.find_spec("paddle")
+        self.looking = True
+        try:
+            spec = _importlib_util.find_spec("paddle")
+        finally:
+            self.looking = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        real_exec = spec.loader.exec_module
+        real_exec, finder = spec.loader.exec_module, self
 
         def exec_module(module):
+            if finder in _sys.meta_path:  # the import runs now: once is enough
+                _sys.meta_path.remove(finder)
+            # where stderr is None (pythonw, 2>&-), print(file=None) would write Paddle's lines to stdout
             stderr = _sys.stderr
-            if stderr is not None:  # None under pythonw and some daemons: nothing to filter
-                _sys.stderr = _DroppingStderr(stderr, PADDLE_THREAD_WARNINGS)
+            _sys.stderr = _DroppingStderr(stderr if stderr is not None else _Discard(), PADDLE_THREAD_WARNINGS)
             try:
                 real_exec(module)
             finally:

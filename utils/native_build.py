@@ -51,15 +51,27 @@ def prune_stale(root: Path, keep: Path) -> None:
 def captured_stderr(into: list[str]):
     """File descriptor 2 (this process's and its children's: Paddle's build runs setup.py in a Python that
     imports Paddle and prints its warnings) goes to a temporary file; its text is appended to `into` at the
-    end, for an error message to quote."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    end, for an error message to quote. Where fd 2 is closed, or no temporary file can be made, nothing is
+    captured and the work runs all the same."""
+    try:
+        held = tempfile.TemporaryFile()
+    except OSError:
+        yield
+        return
+    with held:
+        try:
+            saved = os.dup(2)
+        except OSError:  # stderr closed (2>&-)
+            yield
+            return
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(held.fileno(), 2)
         try:
             yield
         finally:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
