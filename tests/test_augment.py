@@ -296,6 +296,7 @@ def test_misspelt_param_is_a_clear_error_at_load_time(tmp_path):
     ({"type": "specaugment", "params": {"freq_masks": "two"}}, r"freq_masks must be a finite number"),
     ({"type": "specaugment", "params": {"max_time_ratio": float("nan")}}, r"max_time_ratio must be a finite number"),
     ({"type": "specsub", "params": {"num_subs": 2.5}}, r"parameter num_subs is a count, a whole number, got 2.5"),
+    ({"type": "specaugment", "params": {"freq_masks": [1, 2]}}, r"freq_masks is a count, a whole number, got \[1, 2\]"),
     ("speed", r"expected an object with the keys"),
 ])
 def test_out_of_range_entries_are_refused_naming_the_entry(tmp_path, entry, message):

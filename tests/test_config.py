@@ -242,8 +242,14 @@ def test_help_lists_the_values_of_the_yaml_a_run_starts_from(tmp_path, capsys):
     ("--learning_rate=0", "'train.learning_rate' must be > 0, got 0.0"),
     ("--decay_rate=1.5", "'train.decay_rate' must be in (0, 1], got 1.5"),
     ("--rnn_type=rnn", "'model.rnn_type' must be one of gru, lstm, got 'rnn'"),
-    ("--conv_strides=[[0,1]]", "'model.conv_strides' must be a non-empty list of numbers each >= 1, got [[0, 1]]"),
-    ("--conv_kernels=[[0,3]]", "'model.conv_kernels' must be a non-empty list of numbers each >= 1, got [[0, 3]]"),
+    ("--conv_strides=[[0,1]]", "'model.conv_strides' must be a non-empty list of [freq, time] pairs of numbers "
+                               ">= 1, got [[0, 1]]"),
+    ("--conv_kernels=[[0,3]]", "'model.conv_kernels' must be a non-empty list of [freq, time] pairs of numbers "
+                               ">= 1, got [[0, 3]]"),
+    ("--conv_kernels=[[]]", "'model.conv_kernels' must be a non-empty list of [freq, time] pairs of numbers "
+                            ">= 1, got [[]]"),
+    ("--conv_kernels=[[41,11],[3]]", "'model.conv_kernels' must be a non-empty list of [freq, time] pairs of "
+                                     "numbers >= 1, got [[41, 11], [3]]"),
     ("--conv_channels=[]", "'model.conv_channels' must be a non-empty list of numbers each >= 1, got []"),
     ("--decoder=beam_search", "'decode.decoder' must be one of ctc_greedy, ctc_beam_search, got 'beam_search'"),
     ("--loader=torch", "'data.loader' must be one of slots, paddle, got 'torch'"),

@@ -426,7 +426,7 @@ def _check_params(path, number: int, kind: str, function: Callable, params: dict
     for name, value in params.items():
         if signature.parameters[name].annotation not in (int, "int"):
             continue
-        if not float(value).is_integer():
+        if isinstance(value, list) or not float(value).is_integer():
             raise ValueError(f"{path}: entry {number} ('{kind}'): parameter {name} is a count, a whole number, "
                              f"got {value!r}")
         params[name] = int(value)

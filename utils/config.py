@@ -25,11 +25,17 @@ AT_LEAST_1: Check = (">= 1", lambda v: v >= 1)
 AT_LEAST_0: Check = (">= 0", lambda v: v >= 0)
 
 
-def _numbers(value) -> list:
-    return [n for item in value for n in (_numbers(item) if isinstance(item, list) else [item])]
+def _all_at_least_1(value: list) -> bool:
+    """A non-empty list whose numbers, at any depth, are >= 1, and whose inner lists are not empty."""
+    return bool(value) and all(_all_at_least_1(item) if isinstance(item, list) else item >= 1 for item in value)
 
 
-EACH_AT_LEAST_1: Check = ("a non-empty list of numbers each >= 1", lambda v: bool(v) and min(_numbers(v)) >= 1)
+def _pairs_at_least_1(value: list) -> bool:
+    return _all_at_least_1(value) and all(isinstance(pair, list) and len(pair) == 2 for pair in value)
+
+
+EACH_AT_LEAST_1: Check = ("a non-empty list of numbers each >= 1", _all_at_least_1)
+PAIRS_AT_LEAST_1: Check = ("a non-empty list of [freq, time] pairs of numbers >= 1", _pairs_at_least_1)
 NONE_WORDS = ("None", "none", "null")  # command-line spellings of None
 
 
@@ -88,9 +94,9 @@ class FeatureConfig:
 class ModelConfig:
     conv_channels: list[int] = _key([32, 32], "output channels of each 2-D convolution", EACH_AT_LEAST_1)
     conv_kernels: list[list[int]] = _key([[41, 11], [21, 11]], "kernel [freq, time] of each convolution",
-                                         EACH_AT_LEAST_1)
+                                         PAIRS_AT_LEAST_1)
     conv_strides: list[list[int]] = _key([[2, 2], [2, 1]], "stride [freq, time] of each convolution",
-                                         EACH_AT_LEAST_1)
+                                         PAIRS_AT_LEAST_1)
     rnn_type: str = _key("gru", "gru or lstm", one_of(*RNN_TYPES))
     num_rnn_layers: int = _key(3, "recurrent layers", AT_LEAST_1)
     rnn_size: int = _key(1024, "hidden units per direction", AT_LEAST_1)
