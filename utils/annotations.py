@@ -227,13 +227,30 @@ def _split_lines(handle: BinaryIO) -> Iterator[bytes]:
         yield data.removesuffix(b"\r")
 
 
-def _unreadable(line: str | None, raw: str) -> LineError | None:
+def unreadable_reason(line: str | None, raw: str) -> str | None:
     """Why a decoded line (None: not UTF-8; raw: as read) cannot be read as text, or None when it can."""
     if "\x00" in raw:  # every other byte of ASCII text in UTF-16, and in no text file otherwise
-        return LineError("NUL bytes: UTF-16 without a BOM (or not a text file); re-save the file as UTF-8")
+        return "NUL bytes: UTF-16 without a BOM (or not a text file); re-save the file as UTF-8"
     if line is None:
-        return LineError("not UTF-8 text; re-save the file as UTF-8")
+        return "not UTF-8 text; re-save the file as UTF-8"
     return None
+
+
+def _unreadable(line: str | None, raw: str) -> LineError | None:
+    reason = unreadable_reason(line, raw)
+    return None if reason is None else LineError(reason)
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line_no, text) of decoded_lines for a file that is read whole or not at all (an LM's text):
+    the first line that is not text stops it, naming file:line and the iconv command that converts it."""
+    for line_no, line, raw in decoded_lines(path):
+        reason = unreadable_reason(line, raw)
+        if reason is not None:
+            source = "UTF-16LE" if "\x00" in raw else "GB18030"
+            raise ValueError(f"{path}:{line_no}: {reason} (e.g. iconv -f {source} -t UTF-8 {path} > "
+                             f"{path.stem}.utf8{path.suffix})")
+        yield line_no, line
 
 
 def _read_masr(path: Path) -> Iterator[ParsedLine]:

@@ -32,7 +32,7 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from utils.annotations import decoded_lines
+from utils.annotations import text_lines
 from utils.text import UNK, TextError, check_to_simplified, is_cjk, normalize_text
 
 UNITS = ("word", "char", "auto")
@@ -106,14 +106,7 @@ def read_sentences(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"text file {path} does not exist")
     fmt = None
     sentences = []
-    for line_no, line, raw in decoded_lines(path):
-        if "\x00" in raw:  # every other byte of ASCII text in UTF-16: read as UTF-8, letters with NULs between
-            raise ValueError(f"{path}:{line_no}: NUL bytes: UTF-16 without a BOM (or not a text file); re-save "
-                             f"the file as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8 {path} > "
-                             f"{path.stem}.utf8{path.suffix})")
-        if line is None:
-            raise ValueError(f"{path}:{line_no}: not UTF-8 text; re-save the file as UTF-8 "
-                             f"(e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix})")
+    for line_no, line in text_lines(path):
         fmt = fmt or _detect_format(line)
         sentences.append(_line_text(line, fmt, path, line_no))
     return sentences

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.annotations import decoded_lines
+from utils.annotations import decoded_lines, unreadable_reason
 from utils.audio import AudioError, audio_info, load_audio
 from utils.features import STRIDE_MS, compute_features
 from utils.vad import MAX_SEGMENT_S, cap_length, speech_segments
@@ -41,7 +41,7 @@ def list_inputs(wav_path: str) -> list[str]:
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
         paths = []
         for line_no, line, raw in decoded_lines(path):  # as create_data reads lists; no blank lines
-            if line is None or "\x00" in raw:  # a NUL: every other byte of ASCII text in UTF-16 without a BOM
+            if unreadable_reason(line, raw) is not None:
                 raise ValueError(f"{path}:{line_no}: not UTF-8 text ({raw.strip()[:60]!r}); re-save the list as "
                                  f"UTF-8 (e.g. iconv -f GB18030 -t UTF-8 {path} > {path.stem}.utf8{path.suffix}; "
                                  f"-f UTF-16LE for UTF-16 without a BOM)")
